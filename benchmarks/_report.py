@@ -1,0 +1,52 @@
+"""Shared helpers for benchmarks: machine description and section-wise writing of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+RESULTS = DOC.with_name("results.md")
+HEADER = "# Benchmarks\n\nEach section is written by the benchmark named in it, side by side against its baseline in one run.\n"
+
+
+def machine() -> str:
+    """One line describing the machine the benchmark ran on."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    dev = "no GPU"
+    if torch.cuda.is_available():
+        dev = f"GPU {torch.cuda.get_device_name(0)}"
+    return (
+        f"{cpu}, {len(os.sched_getaffinity(0))} cores usable{mem}, {dev}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def write_section(name: str, body: str, doc: Path = DOC) -> None:
+    """Replace (or append) the section between ``<!-- bench:name -->`` markers."""
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    text = doc.read_text() if doc.exists() else HEADER
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    pat = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    text = pat.sub(lambda _m: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    tmp = doc.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(doc)

@@ -1,0 +1,184 @@
+"""medti command line: one sub-command per step; parse, build the config, call the library, print.
+
+Heavy imports (torch, diffusers, great_expectations, dvc) happen inside the commands so that
+``medti --help`` is instant.  No logic lives here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="medti: textual inversion for medical imaging. Learn concept embeddings for a frozen "
+    "Stable Diffusion from ~100 cases, synthesise, and measure whether synthetic data helps.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets: phantoms, importers, validation, versions.", no_args_is_help=True)
+phantom_app = typer.Typer(help="Generate embedded phantom datasets.", no_args_is_help=True)
+import_app = typer.Typer(help="Import real datasets into the medti dataset format.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+data_app.add_typer(phantom_app, name="phantom")
+data_app.add_typer(import_app, name="import")
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run(fn, cfg):
+    """Call a library step; turn a user-facing error into a clean message and exit code."""
+    from medti.data.dataset import DatasetError
+
+    try:
+        return fn(cfg)
+    except (DatasetError, FileNotFoundError, FileExistsError) as e:
+        _fail(str(e))
+
+
+# ----------------------------------------------------------------------------- data phantom
+def _split_fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        _fail(f"--splits {text!r}: expected three numbers like 0.34,0.33,0.33")
+    if len(parts) != 3:
+        _fail(f"--splits {text!r}: expected three numbers like 0.34,0.33,0.33")
+    return parts  # type: ignore[return-value]
+
+
+def _phantom(kind: str, out, n, size, seed, positive_fraction, unlabeled, splits, force):
+    from medti.data.phantoms import PhantomConfig, generate_phantoms
+
+    cfg = PhantomConfig(
+        kind=kind,
+        out=out,
+        n=n,
+        size=size,
+        seed=seed,
+        positive_fraction=positive_fraction,
+        unlabeled=unlabeled,
+        split_fractions=_split_fractions(splits),
+        overwrite=force,
+    )
+    res = _run(generate_phantoms, cfg)
+    typer.echo(res.summary())
+
+
+@phantom_app.command("prostate")
+def phantom_prostate(
+    out: Path = typer.Option(..., "--out", help="Output dataset dir."),
+    n: int = typer.Option(600, "--n", help="Number of cases."),
+    size: int = typer.Option(64, "--size", help="Image size in pixels (square)."),
+    seed: int = typer.Option(0, "--seed"),
+    positive_fraction: float = typer.Option(0.5, "--positive-fraction", help="Fraction with csPCa."),
+    unlabeled: bool = typer.Option(False, "--unlabeled", help="Captioned corpus without diagnosis."),
+    splits: str = typer.Option("0.34,0.33,0.33", "--splits", help="train,val,test patient fractions."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output dir."),
+):
+    """Prostate MRI phantoms: R=T2W, G=ADC, B=high-b DWI; csPCa lesions with masks."""
+    _phantom("prostate", out, n, size, seed, positive_fraction, unlabeled, splits, force)
+
+
+@phantom_app.command("cxr")
+def phantom_cxr(
+    out: Path = typer.Option(..., "--out", help="Output dataset dir."),
+    n: int = typer.Option(600, "--n", help="Number of cases."),
+    size: int = typer.Option(64, "--size", help="Image size in pixels (square)."),
+    seed: int = typer.Option(0, "--seed"),
+    positive_fraction: float = typer.Option(
+        0.5, "--positive-fraction", help="Prevalence of each finding (independent)."
+    ),
+    unlabeled: bool = typer.Option(False, "--unlabeled", help="Captioned corpus without diagnosis."),
+    splits: str = typer.Option("0.34,0.33,0.33", "--splits", help="train,val,test patient fractions."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output dir."),
+):
+    """Frontal chest x-ray phantoms: pleural_effusion, pneumonia, cardiomegaly (multi-label)."""
+    _phantom("cxr", out, n, size, seed, positive_fraction, unlabeled, splits, force)
+
+
+# ----------------------------------------------------------------------------- data import
+@import_app.command("picai")
+def import_picai_cmd(
+    images: Path = typer.Option(..., "--images", help="PI-CAI images root (<patient>/<patient>_<study>_t2w.mha ...)."),
+    labels: Path = typer.Option(..., "--labels", help="PI-CAI labels root (csPCa_lesion_delineations, gland masks)."),
+    out: Path = typer.Option(..., "--out", help="Output dataset dir."),
+    size: int = typer.Option(512, "--size", help="Output image size (pixels)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the patient-level split."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output dir."),
+):
+    """Import PI-CAI biparametric MRI: T2W/ADC/HBV as RGB, one slice per study."""
+    from medti.data.importers import PicaiImportConfig, import_picai
+
+    res = _run(import_picai, PicaiImportConfig(images=images, labels=labels, out=out, size=size, seed=seed, overwrite=force))
+    typer.echo(res.summary())
+
+
+@import_app.command("chexpert")
+def import_chexpert_cmd(
+    csv: Path = typer.Option(..., "--csv", help="CheXpert CSV (train.csv / valid.csv)."),
+    root: Path = typer.Option(..., "--root", help="Dir the CSV's Path column is relative to."),
+    out: Path = typer.Option(..., "--out", help="Output dataset dir."),
+    uncertain: str = typer.Option("ignore", "--uncertain", help="-1 labels: ignore (drop case) | positive | negative."),
+    size: int = typer.Option(512, "--size", help="Output image size (pixels)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the patient-level split."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output dir."),
+):
+    """Import CheXpert frontal views with pleural_effusion / pneumonia / cardiomegaly labels."""
+    from medti.data.importers import ChexpertImportConfig, import_chexpert
+
+    res = _run(
+        import_chexpert,
+        ChexpertImportConfig(csv=csv, root=root, out=out, uncertain=uncertain, size=size, seed=seed, overwrite=force),
+    )
+    typer.echo(res.summary())
+
+
+# ----------------------------------------------------------------------------- data validate / snapshot
+@data_app.command("validate")
+def validate_cmd(
+    dataset: Path = typer.Argument(..., help="Dataset dir to check."),
+    report: Path = typer.Option(None, "--report", help="Where to write the JSON summary and GX Data Docs (default DATASET/validation)."),
+    min_per_class: int = typer.Option(1, "--min-per-class", help="Minimum train cases per class of every finding."),
+):
+    """Great Expectations checks over the manifest and every image; non-zero exit on failure."""
+    from medti.data.validate import ValidateConfig, validate_dataset
+
+    res = _run(validate_dataset, ValidateConfig(dataset=dataset, report=report, min_per_class=min_per_class))
+    typer.echo(res.summary())
+    if not res.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("snapshot")
+def snapshot_cmd(
+    dataset: Path = typer.Argument(..., help="Dataset dir inside a DVC repo (e.g. data/)."),
+    push: bool = typer.Option(True, "--push/--no-push", help="Push to the default DVC remote."),
+    min_per_class: int = typer.Option(1, "--min-per-class"),
+):
+    """Validate, `dvc add`, `dvc push`; print the dataset version (md5 in the .dvc file)."""
+    from medti.data.versions import SnapshotConfig, snapshot_dataset
+
+    res = _run(snapshot_dataset, SnapshotConfig(dataset=dataset, push=push, min_per_class=min_per_class))
+    typer.echo(res.summary())
+
+
+# ----------------------------------------------------------------------------- demo
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Where the demo writes its outputs."),
+):
+    """Run the main job on the embedded default (phantoms, validation, versions, ...)."""
+    from medti.demo import DemoConfig, run_demo
+
+    res = _run(run_demo, DemoConfig(out=out))
+    typer.echo(res.summary())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,1 @@
+"""Dataset format, phantoms, importers, validation and dataset versions."""

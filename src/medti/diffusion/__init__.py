@@ -1,0 +1,1 @@
+"""Base models, embedding files, textual inversion, prompt grammar, guided sampling."""
