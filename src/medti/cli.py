@@ -19,7 +19,11 @@ app = typer.Typer(
 data_app = typer.Typer(help="Datasets: phantoms, importers, validation, versions.", no_args_is_help=True)
 phantom_app = typer.Typer(help="Generate embedded phantom datasets.", no_args_is_help=True)
 import_app = typer.Typer(help="Import real datasets into the medti dataset format.", no_args_is_help=True)
+base_app = typer.Typer(help="Base models: build/train the tiny base, fine-tune a checkpoint.", no_args_is_help=True)
+embed_app = typer.Typer(help="Concept embeddings: textual inversion, file formats.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(base_app, name="base")
+app.add_typer(embed_app, name="embed")
 data_app.add_typer(phantom_app, name="phantom")
 data_app.add_typer(import_app, name="import")
 
@@ -33,11 +37,16 @@ def _fail(msg: str, code: int = 1) -> None:
 
 def _run(fn, cfg):
     """Call a library step; turn a user-facing error into a clean message and exit code."""
+    # these modules import nothing heavy at their top level
     from medti.data.dataset import DatasetError
+    from medti.diffusion.base import BaseModelError
+    from medti.diffusion.embeddings import EmbeddingError
+    from medti.diffusion.textual_inversion import TrainingError
 
+    user_errors = (DatasetError, BaseModelError, EmbeddingError, TrainingError, FileNotFoundError, FileExistsError)
     try:
         return fn(cfg)
-    except (DatasetError, FileNotFoundError, FileExistsError) as e:
+    except user_errors as e:
         _fail(str(e))
 
 
@@ -166,6 +175,95 @@ def snapshot_cmd(
 
     res = _run(snapshot_dataset, SnapshotConfig(dataset=dataset, push=push, min_per_class=min_per_class))
     typer.echo(res.summary())
+
+
+# ----------------------------------------------------------------------------- base
+@base_app.command("train")
+def base_train_cmd(
+    data: list[Path] = typer.Option(..., "--data", help="Captioned dataset dir(s) (caption column)."),
+    out: Path = typer.Option(..., "--out", help="Output diffusers pipeline dir."),
+    base: str = typer.Option(None, "--base", help="Fine-tune this base (dir, checkpoint, hub id); default: train the tiny architecture from scratch."),
+    steps: int = typer.Option(None, "--steps", help="UNet steps."),
+    vae_steps: int = typer.Option(None, "--vae-steps", help="VAE steps (from scratch only)."),
+    batch: int = typer.Option(None, "--batch"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    train_text_encoder: bool = typer.Option(False, "--train-text-encoder", help="Also train the text encoder."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Train the VAE (tiny only) and the UNet on image+caption pairs; writes a diffusers dir."""
+    from medti.diffusion.base_train import BaseTrainConfig, train_base
+
+    cfg = BaseTrainConfig(
+        data=data, out=out, base=base, steps=steps, vae_steps=vae_steps, batch=batch, lr=lr,
+        train_text_encoder=train_text_encoder, seed=seed,
+    )
+    typer.echo(_run(train_base, cfg).summary())
+
+
+@base_app.command("build")
+def base_build_cmd(name: str = typer.Argument("tiny", help="Embedded base: tiny | micro.")):
+    """Build (or find in the cache) an embedded base and print where it is."""
+    from medti.diffusion.base import ensure_embedded
+
+    typer.echo(str(_run(ensure_embedded, name)))
+
+
+# ----------------------------------------------------------------------------- embed
+@embed_app.command("train")
+def embed_train_cmd(
+    data: Path = typer.Option(..., "--data", help="Dataset dir."),
+    concept: str = typer.Option(..., "--concept", help="Concept name; the token is <NAME>."),
+    where: str = typer.Option("", "--where", help="Label filter, e.g. 'csPCa=1'."),
+    base: str = typer.Option("tiny", "--base", help="tiny | diffusers dir | .ckpt/.safetensors | hub id."),
+    split: str = typer.Option("train", "--split"),
+    vectors: int = typer.Option(64, "--vectors", help="Vectors per token (1-128)."),
+    init_text: str = typer.Option("mri", "--init-text", help="Text whose token embeddings initialise the vectors."),
+    steps: int = typer.Option(2000, "--steps"),
+    lr: float = typer.Option(0.005, "--lr"),
+    batch: int = typer.Option(8, "--batch"),
+    max_images: int = typer.Option(100, "--max-images", help="Use at most this many cases."),
+    out: Path = typer.Option(None, "--out", help="Output .safetensors (default embeddings/NAME.safetensors)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
+    sample_every: int = typer.Option(0, "--sample-every", help="Also write a sample grid every N steps."),
+    precision: str = typer.Option("auto", "--precision", help="auto | no | bf16 | fp16 (GPU only)."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Textual inversion: learn VECTORS token vectors for one concept against a frozen base."""
+    from medti.diffusion.textual_inversion import EmbeddingConfig, train_embedding
+
+    cfg = EmbeddingConfig(
+        data=data, concept=concept, where=where, base=base, split=split, vectors=vectors,
+        init_text=init_text, steps=steps, lr=lr, batch=batch, max_images=max_images, out=out,
+        resume=resume, checkpoint_every=checkpoint_every, sample_every=sample_every,
+        precision=precision, seed=seed,
+    )
+    typer.echo(_run(train_embedding, cfg).summary())
+
+
+@embed_app.command("convert")
+def embed_convert_cmd(
+    src: Path = typer.Argument(..., help="Input embedding (.safetensors or A1111 .pt)."),
+    dst: Path = typer.Argument(..., help="Output embedding (.safetensors or .pt)."),
+    token: str = typer.Option(None, "--token", help="Token name (default: from the input file name)."),
+):
+    """Convert between medti .safetensors and AUTOMATIC1111 .pt."""
+    from medti.diffusion.embeddings import convert_embedding
+
+    out = _run(lambda c: convert_embedding(*c), (src, dst, token))
+    typer.echo(f"wrote {out}")
+
+
+@embed_app.command("inspect")
+def embed_inspect_cmd(file: Path = typer.Argument(..., help="Embedding file.")):
+    """Print concept, vectors, dim, norm stats and base model of an embedding file."""
+    import json
+
+    from medti.diffusion.embeddings import inspect_embedding
+
+    info = _run(inspect_embedding, file)
+    info.pop("metadata", None)
+    typer.echo(json.dumps(info, indent=2))
 
 
 # ----------------------------------------------------------------------------- demo

@@ -1,0 +1,474 @@
+"""Base models: the embedded tiny Stable Diffusion, real SD 1.x/2.x checkpoints, hub ids.
+
+``--base`` accepts, everywhere:
+
+- ``tiny``  the embedded default: a small Stable Diffusion (CLIP tokenizer with medti's own BPE
+  vocabulary, CLIPTextModel, UNet2DConditionModel, AutoencoderKL) built from configs and trained
+  by medti on the unlabeled phantom corpora; cached under the user cache dir and rebuilt
+  deterministically when missing.
+- ``micro`` an untrained, very small configuration for plumbing tests (built in a second).
+- a diffusers pipeline directory (``model_index.json``), a single-file checkpoint
+  (``.ckpt`` / ``.safetensors``, e.g. SD 2.0 ``512-base-ema.ckpt``), or a hub id.
+
+Every base is returned as a :class:`Base` holding the five diffusers/transformers components;
+the prediction type (epsilon for SD 1.x, v_prediction for SD 2.x) comes from the scheduler config.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EMBEDDED = ("tiny", "micro")
+BASE_FORMAT_VERSION = 1  # bump when the tiny recipe changes: the cache key includes it
+
+
+class BaseModelError(RuntimeError):
+    """A --base reference that cannot be resolved; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- specs
+@dataclass(frozen=True)
+class TinySpec:
+    """Architecture + training recipe of an embedded base."""
+
+    name: str
+    image_size: int
+    vae_channels: tuple[int, ...]
+    unet_channels: tuple[int, ...]
+    unet_cross_attn: tuple[bool, ...]
+    norm_groups: int
+    text_hidden: int
+    text_layers: int
+    text_heads: int
+    vocab_size: int
+    prediction_type: str = "v_prediction"
+    attention_head_dim: int = 8
+    # training recipe (tiny only)
+    corpus_per_modality: int = 0
+    vae_steps: int = 0
+    unet_steps: int = 0
+    batch: int = 32
+    vae_batch: int = 16
+    seed: int = 0
+
+
+SPECS: dict[str, TinySpec] = {
+    # ~1.7 M UNet params, 16x16x4 latents for 64 px images; see DESIGN.md for the measured costs.
+    "tiny": TinySpec(
+        name="tiny",
+        image_size=64,
+        vae_channels=(32, 64, 64),
+        unet_channels=(32, 64, 64),
+        unet_cross_attn=(False, True, True),
+        norm_groups=32,
+        text_hidden=128,
+        text_layers=2,
+        text_heads=4,
+        vocab_size=600,
+        corpus_per_modality=1500,
+        vae_steps=400,
+        unet_steps=1600,
+        batch=32,
+    ),
+    # untrained plumbing configuration: 16 px images, 8x8x4 latents
+    "micro": TinySpec(
+        name="micro",
+        image_size=16,
+        vae_channels=(8, 16),
+        unet_channels=(16, 32),
+        unet_cross_attn=(False, True),
+        norm_groups=8,
+        text_hidden=32,
+        text_layers=1,
+        text_heads=2,
+        vocab_size=400,
+    ),
+}
+
+# Words every embedded tokenizer knows besides the corpus captions (TI templates, grammar words).
+BASE_VOCAB_TEXT = [
+    "a photo of",
+    "an image of",
+    "axial prostate mri",
+    "t2 weighted adc dwi",
+    "frontal chest x-ray radiograph",
+    "healthy normal",
+    "of the pelvis",
+    "showing with and without",
+]
+
+
+# ----------------------------------------------------------------------------- base container
+@dataclass
+class Base:
+    tokenizer: Any
+    text_encoder: Any
+    unet: Any
+    vae: Any
+    scheduler: Any
+    ref: str  # what the user passed
+    model_id: str  # short name for metadata
+    model_hash: str  # content hash of the weights (for lineage)
+    path: Path | None = None  # the diffusers dir, when there is one
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.get("prediction_type", "epsilon")
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.text_encoder.get_input_embeddings().weight.shape[1])
+
+    def pipeline(self, **kw):
+        """A diffusers StableDiffusionPipeline sharing these components."""
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            **kw,
+        )
+
+
+# ----------------------------------------------------------------------------- cache
+def cache_root() -> Path:
+    env = os.environ.get("MEDTI_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("medti"))
+
+
+def embedded_dir(name: str) -> Path:
+    return cache_root() / "bases" / f"{name}-v{BASE_FORMAT_VERSION}"
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """Train a CLIP-style byte-level BPE on ``texts`` and wrap it as a transformers CLIPTokenizer.
+
+    The normaliser and pre-tokeniser are CLIP's own (lower-case, CLIP split regex, byte level,
+    ``</w>`` end-of-word suffix), so the result behaves like the SD tokenizer, with medti's vocab.
+    """
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+    from transformers import CLIPTokenizer
+
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    tok = Tokenizer(BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(
+                Regex(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
+                behavior="removed",
+                invert=True,
+            ),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    tok.train_from_iterator(sorted(set(texts)), trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    # CLIP expects the end-of-word form of each single byte in the vocab as well.
+    vocab = dict(model["vocab"])
+    for ch in pre_tokenizers.ByteLevel.alphabet():
+        if ch + "</w>" not in vocab:
+            vocab[ch + "</w>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+# ----------------------------------------------------------------------------- build
+def build_components(spec: TinySpec, tokenizer, seed: int | None = None) -> dict[str, Any]:
+    """Untrained components for ``spec`` (deterministic for a seed)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(spec.seed if seed is None else seed)
+    text_cfg = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_hidden * 4,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        max_position_embeddings=77,
+        projection_dim=spec.text_hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_act="gelu",
+    )
+    text_encoder = CLIPTextModel(text_cfg)
+    n = len(spec.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=spec.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=spec.norm_groups,
+        sample_size=spec.image_size,
+    )
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in spec.unet_cross_attn)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(spec.unet_cross_attn))
+    unet = UNet2DConditionModel(
+        sample_size=spec.image_size // 2 ** (n - 1),
+        in_channels=4,
+        out_channels=4,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=spec.unet_channels,
+        layers_per_block=1,
+        cross_attention_dim=spec.text_hidden,
+        attention_head_dim=spec.attention_head_dim,
+        norm_num_groups=spec.norm_groups,
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type=spec.prediction_type,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet, scheduler=scheduler)
+
+
+def save_pipeline_dir(components: dict[str, Any], out: Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write a standard diffusers pipeline dir (loadable by StableDiffusionPipeline.from_pretrained),
+    atomically: built under a temp name, then renamed into place."""
+    import shutil
+    import tempfile
+
+    from diffusers import StableDiffusionPipeline
+
+    from medti.data.dataset import replace_dir
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        pipe = StableDiffusionPipeline(
+            **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if meta is not None:
+            (tmp / "medti.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def build_micro(out: Path, prediction_type: str = "v_prediction", seed: int = 0) -> Path:
+    """Untrained micro base for plumbing tests (a second to build)."""
+    from dataclasses import replace
+
+    spec = replace(SPECS["micro"], prediction_type=prediction_type)
+    texts = BASE_VOCAB_TEXT + [
+        "axial prostate mri, small gland, high contrast",
+        "frontal chest x-ray, low noise",
+    ]
+    tok = train_tokenizer(texts, spec.vocab_size)
+    comps = build_components(spec, tok, seed=seed)
+    return save_pipeline_dir(comps, out, meta={"medti_base": "micro", "prediction_type": prediction_type})
+
+
+# ----------------------------------------------------------------------------- resolve + load
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def weights_hash(path: Path) -> str:
+    """sha256 over the weight files of a pipeline dir or single file (first 16 hex digits)."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".ckpt", ".json", ".txt")
+    )
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):  # noqa: B023
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def ensure_embedded(name: str, progress: bool = True) -> Path:
+    """The cached dir of an embedded base, built (once, under a file lock) when missing."""
+    d = embedded_dir(name)
+    if (d / "model_index.json").exists():
+        return d
+    d.parent.mkdir(parents=True, exist_ok=True)
+    lock = d.parent / f".{d.name}.lock"
+    with open(lock, "w") as lf:
+        fcntl.flock(lf, fcntl.LOCK_EX)
+        if (d / "model_index.json").exists():
+            return d
+        if name == "micro":
+            build_micro(d)
+        else:
+            from medti.diffusion.base_train import build_tiny
+
+            build_tiny(d, progress=progress)
+    return d
+
+
+def resolve_base(ref: str) -> tuple[str, Path | str]:
+    """Classify a --base reference: ('embedded'|'dir'|'single_file'|'hub', location)."""
+    if ref in EMBEDDED:
+        return "embedded", ref
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        if not (p / "model_index.json").exists():
+            raise BaseModelError(
+                f"--base {ref}: directory has no model_index.json; expected a diffusers pipeline dir "
+                "(e.g. one written by `medti base train` or StableDiffusionPipeline.save_pretrained)"
+            )
+        return "dir", p
+    if p.suffix in (".ckpt", ".safetensors"):
+        if not p.exists():
+            raise BaseModelError(f"--base {ref}: checkpoint file not found")
+        return "single_file", p
+    if p.exists():
+        raise BaseModelError(f"--base {ref}: not a diffusers dir, .ckpt or .safetensors file")
+    if _HUB_ID.match(ref):
+        return "hub", ref
+    raise BaseModelError(
+        f"--base {ref!r}: no such file or dir, and not a hub id (org/name); use 'tiny', a diffusers dir, "
+        "a .ckpt/.safetensors checkpoint or a hub id"
+    )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face endpoint answers at all (fails at once without a network)."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_error(ref: str) -> BaseModelError:
+    return BaseModelError(
+        f"--base {ref}: this hub model is not in the local cache and the hub cannot be reached "
+        "(offline). On a connected machine run\n"
+        f"    huggingface-cli download {ref} --local-dir models/{ref.split('/')[-1]}\n"
+        f"then copy models/{ref.split('/')[-1]} here and pass --base models/{ref.split('/')[-1]} "
+        "(or a single-file .ckpt/.safetensors checkpoint)."
+    )
+
+
+def load_base(ref: str, *, device: str | None = None, dtype=None, progress: bool = True) -> Base:
+    """Load a base model from any supported reference; see the module docstring."""
+    from diffusers import StableDiffusionPipeline
+
+    kind, loc = resolve_base(ref)
+    path: Path | None = None
+    if kind == "embedded":
+        path = ensure_embedded(str(loc), progress=progress)
+        pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
+        model_id = f"medti-{loc}-v{BASE_FORMAT_VERSION}"
+    elif kind == "dir":
+        path = Path(loc)
+        pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
+        model_id = path.name
+    elif kind == "single_file":
+        path = Path(loc)
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(path), load_safety_checker=False, local_files_only=_offline() or not _hub_reachable()
+            )
+        except Exception as e:  # diffusers raises several kinds here; name the fix
+            raise BaseModelError(
+                f"--base {ref}: could not load the single-file checkpoint ({type(e).__name__}: {e}). "
+                "Offline, diffusers needs the model's config files in the local Hugging Face cache "
+                "(e.g. stabilityai/stable-diffusion-2 for a 512-base-ema.ckpt); or convert it once "
+                "on a connected machine with StableDiffusionPipeline.from_single_file(...).save_pretrained(DIR) "
+                "and pass --base DIR."
+            ) from e
+        model_id = path.stem
+    else:
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                str(loc), safety_checker=None, requires_safety_checker=False, local_files_only=True
+            )
+        except Exception as e:
+            if _offline() or not _hub_reachable():
+                raise _hub_error(ref) from e
+            pipe = StableDiffusionPipeline.from_pretrained(str(loc), safety_checker=None, requires_safety_checker=False)
+        model_id = str(loc)
+    mhash = weights_hash(path) if path is not None else _hash_modules(pipe)
+    base = Base(
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
+        unet=pipe.unet,
+        vae=pipe.vae,
+        scheduler=pipe.scheduler,
+        ref=ref,
+        model_id=model_id,
+        model_hash=mhash,
+        path=path,
+    )
+    for m in (base.text_encoder, base.unet, base.vae):
+        m.requires_grad_(False)
+        m.eval()
+        if device is not None or dtype is not None:
+            m.to(device=device, dtype=dtype)
+    return base
+
+
+def _hash_modules(pipe) -> str:
+    h = hashlib.sha256()
+    for name in ("text_encoder", "unet", "vae"):
+        for k, v in sorted(getattr(pipe, name).state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().numpy().tobytes()[:4096])
+    return h.hexdigest()[:16]

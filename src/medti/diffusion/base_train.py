@@ -1,0 +1,316 @@
+"""Training a base model on captioned images: how the embedded tiny base is made, and the
+"fine-tune a medical diffusion model" path for a real checkpoint (full UNet fine-tune).
+
+From scratch (no ``--base``): a CLIP BPE tokenizer is trained on the captions, the tiny
+components are built from configs, the VAE is trained (MSE + small KL), its latent scale is
+measured, then the UNet is trained on cached latents with 10% caption dropout (so classifier-free
+guidance has an unconditional branch) and an EMA of its weights.  With ``--base REF`` the given
+model's VAE and tokenizer are kept and its UNet (and, if asked, text encoder) are fine-tuned.
+Either way the output is a standard diffusers directory that ``StableDiffusionPipeline.from_pretrained``
+loads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medti import __version__
+
+
+@dataclass
+class BaseTrainConfig:
+    data: list[Path]
+    out: Path
+    base: str | None = None  # None: from scratch with the `spec` architecture
+    spec: str = "tiny"
+    steps: int | None = None  # UNet steps (default: the spec's recipe, or 1000 for a fine-tune)
+    vae_steps: int | None = None  # VAE steps (from scratch only)
+    batch: int | None = None
+    lr: float = 1e-3
+    vae_lr: float = 1e-3
+    train_text_encoder: bool = False
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.995
+    prediction_type: str | None = None  # from scratch only; default: the spec's (v_prediction)
+    seed: int = 0
+    device: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class BaseTrainResult:
+    out: Path
+    n_images: int
+    vae_steps: int
+    unet_steps: int
+    seconds: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (
+            f"base model -> {self.out} (diffusers dir): {self.n_images} images, VAE {self.vae_steps} steps, "
+            f"UNet {self.unet_steps} steps, {self.seconds:.0f} s; final losses {self.stats.get('final', {})}"
+        )
+
+
+def _load_captioned(dirs: list[Path], size: int):
+    """All images of the dataset dirs as uint8 [N,H,W,3] (resized to size) and their captions."""
+    import numpy as np
+    from PIL import Image
+
+    from medti.data.dataset import Dataset, DatasetError
+
+    imgs, caps = [], []
+    for d in dirs:
+        ds = Dataset(d)
+        for c in ds.cases():
+            with Image.open(c.path) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BICUBIC)
+                imgs.append(np.asarray(im))
+            caps.append(c.row.get("caption") or "")
+    if not imgs:
+        raise DatasetError(f"no images in {', '.join(map(str, dirs))}")
+    return np.stack(imgs), caps
+
+
+def _to_tensor(arr):
+    import torch
+
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def train_vae(vae, images, *, steps: int, batch: int, lr: float, seed: int, device, progress: bool) -> dict[str, float]:
+    """MSE reconstruction + 1e-6 KL; returns final losses. ``images``: uint8 [N,H,W,3]."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    vae.train().requires_grad_(True).to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    gen = torch.Generator().manual_seed(seed)
+    x_all = _to_tensor(images)
+    rec = kl = float("nan")
+    bar = tqdm(range(steps), desc="train VAE", disable=not progress)
+    for _ in bar:
+        idx = torch.randint(0, len(x_all), (batch,), generator=gen)
+        x = x_all[idx].to(device)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)
+        y = vae.decode(z).sample
+        loss_rec = F.mse_loss(y, x)
+        loss_kl = post.kl().mean() / z[0].numel()
+        loss = loss_rec + 1e-4 * loss_kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        rec, kl = float(loss_rec), float(loss_kl)
+        bar.set_postfix(mse=f"{rec:.4f}")
+    vae.eval().requires_grad_(False)
+    return {"vae_mse": rec, "vae_kl": kl}
+
+
+def train_unet(
+    unet,
+    text_encoder,
+    tokenizer,
+    noise_config: dict,
+    latents_mean,
+    latents_std,
+    captions: list[str],
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    device,
+    caption_dropout: float,
+    train_text_encoder: bool,
+    ema_decay: float,
+    progress: bool,
+) -> dict[str, float]:
+    """Denoising training on cached (scaled) latent posteriors; EMA weights copied in at the end."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    sched = DDPMScheduler.from_config(noise_config)
+    T = sched.config.num_train_timesteps
+    uniq = sorted(set(captions) | {""})
+    cap_index = torch.tensor([uniq.index(c) for c in captions])
+    empty = uniq.index("")
+    ids = tokenizer(uniq, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    unet.train().requires_grad_(True).to(device)
+    text_encoder.to(device)
+    params = list(unet.parameters())
+    if train_text_encoder:
+        text_encoder.train().requires_grad_(True)
+        params += list(text_encoder.parameters())
+        cached = None
+    else:
+        text_encoder.eval().requires_grad_(False)
+        with torch.no_grad():
+            cached = torch.cat([text_encoder(ids[i : i + 64].to(device))[0] for i in range(0, len(ids), 64)])
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    lr_s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    ema = EMAModel(unet.parameters(), decay=ema_decay)
+    gen = torch.Generator().manual_seed(seed)
+    loss_v = float("nan")
+    bar = tqdm(range(steps), desc="train UNet", disable=not progress)
+    for _ in bar:
+        idx = torch.randint(0, len(latents_mean), (batch,), generator=gen)
+        lat = latents_mean[idx] + latents_std[idx] * torch.randn(latents_mean[idx].shape, generator=gen)
+        noise = torch.randn(lat.shape, generator=gen)
+        t = torch.randint(0, T, (batch,), generator=gen)
+        drop = torch.rand(batch, generator=gen) < caption_dropout
+        ci = torch.where(drop, torch.full_like(cap_index[idx], empty), cap_index[idx])
+        lat, noise, t = lat.to(device), noise.to(device), t.to(device)
+        noisy = sched.add_noise(lat, noise, t)
+        target = sched.get_velocity(lat, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+        cond = cached[ci.to(device)] if cached is not None else text_encoder(ids[ci].to(device))[0]
+        pred = unet(noisy, t, cond).sample
+        loss = F.mse_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_s.step()
+        ema.step(unet.parameters())
+        loss_v = float(loss)
+        bar.set_postfix(loss=f"{loss_v:.4f}")
+    ema.copy_to(unet.parameters())
+    unet.eval().requires_grad_(False)
+    text_encoder.eval().requires_grad_(False)
+    return {"unet_loss": loss_v}
+
+
+def train_base(cfg: BaseTrainConfig) -> BaseTrainResult:
+    """Train (from scratch) or fine-tune a base model on captioned dataset dirs."""
+    import torch
+    from accelerate import Accelerator
+
+    from medti._quiet import quiet_libraries
+    from medti.diffusion.base import (
+        BASE_VOCAB_TEXT,
+        SPECS,
+        build_components,
+        load_base,
+        save_pipeline_dir,
+        train_tokenizer,
+    )
+    from medti.diffusion.textual_inversion import encode_latent_cache
+
+    quiet_libraries()
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    device = Accelerator(cpu=(cfg.device == "cpu")).device
+    stats: dict[str, Any] = {}
+    if cfg.base is None:
+        from dataclasses import replace
+
+        spec = SPECS[cfg.spec]
+        if cfg.prediction_type:
+            spec = replace(spec, prediction_type=cfg.prediction_type)
+        size = spec.image_size
+        images, captions = _load_captioned(cfg.data, size)
+        tok = train_tokenizer(captions + BASE_VOCAB_TEXT, spec.vocab_size)
+        comps = build_components(spec, tok, seed=cfg.seed)
+        vae_steps = cfg.vae_steps if cfg.vae_steps is not None else spec.vae_steps
+        unet_steps = cfg.steps if cfg.steps is not None else spec.unet_steps
+        batch = cfg.batch or spec.batch
+        stats.update(train_vae(comps["vae"], images, steps=vae_steps, batch=spec.vae_batch, lr=cfg.vae_lr, seed=cfg.seed, device=device, progress=cfg.progress))
+    else:
+        b = load_base(cfg.base, progress=cfg.progress)
+        comps = dict(tokenizer=b.tokenizer, text_encoder=b.text_encoder, vae=b.vae, unet=b.unet, scheduler=b.scheduler)
+        size = b.image_size
+        images, captions = _load_captioned(cfg.data, size)
+        vae_steps = 0
+        unet_steps = cfg.steps if cfg.steps is not None else 1000
+        batch = cfg.batch or 4
+    vae = comps["vae"].to(device)
+    x = _to_tensor(images)
+    mean, std = encode_latent_cache(vae, x, batch=64, device=device, progress=cfg.progress)
+    if cfg.base is None:  # measure the latent scale, as SD did for its VAE
+        scale = float(1.0 / (mean.std() + 1e-8))
+        vae.register_to_config(scaling_factor=scale)
+        stats["scaling_factor"] = scale
+    sf = float(vae.config.scaling_factor)
+    stats.update(
+        train_unet(
+            comps["unet"],
+            comps["text_encoder"],
+            comps["tokenizer"],
+            dict(comps["scheduler"].config),
+            mean * sf,
+            std * sf,
+            captions,
+            steps=unet_steps,
+            batch=batch,
+            lr=cfg.lr,
+            seed=cfg.seed,
+            device=device,
+            caption_dropout=cfg.caption_dropout,
+            train_text_encoder=cfg.train_text_encoder,
+            ema_decay=cfg.ema_decay,
+            progress=cfg.progress,
+        )
+    )
+    for k in ("vae", "unet", "text_encoder"):
+        comps[k].to("cpu")
+    seconds = time.time() - t0
+    stats["final"] = {k: round(v, 5) for k, v in stats.items() if isinstance(v, float)}
+    meta = {
+        "medti_version": __version__,
+        "from": cfg.base or f"scratch:{cfg.spec}",
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "data"},
+        "data": [str(d) for d in cfg.data],
+        "n_images": int(len(images)),
+        "vae_steps": vae_steps,
+        "unet_steps": unet_steps,
+        "batch": batch,
+        "seconds": round(seconds, 1),
+        "stats": stats,
+        "device": str(device),
+    }
+    save_pipeline_dir(comps, cfg.out, meta=json.loads(json.dumps(meta, default=str)))
+    return BaseTrainResult(out=Path(cfg.out), n_images=len(images), vae_steps=vae_steps, unet_steps=unet_steps, seconds=seconds, stats=stats)
+
+
+def build_tiny(out: Path, progress: bool = True) -> Path:
+    """Build the embedded tiny base: phantom corpora -> tokenizer -> VAE -> UNet -> diffusers dir.
+
+    Deterministic: fixed seeds throughout, so a missing cache is rebuilt to the same model.
+    """
+    import tempfile
+
+    from medti.data.phantoms import PhantomConfig, generate_phantoms
+    from medti.diffusion.base import SPECS
+
+    spec = SPECS["tiny"]
+    if progress:
+        print(
+            "building the embedded tiny Stable Diffusion (first use only; a few minutes on a CPU) "
+            f"-> {out}",
+            flush=True,
+        )
+    with tempfile.TemporaryDirectory(prefix="medti-tiny-corpus-") as tmp:
+        dirs = []
+        for i, kind in enumerate(("prostate", "cxr")):
+            d = Path(tmp) / kind
+            generate_phantoms(
+                PhantomConfig(kind=kind, out=d, n=spec.corpus_per_modality, size=spec.image_size, seed=1000 + i, unlabeled=True, positive_fraction=0.5)
+            )
+            dirs.append(d)
+        res = train_base(BaseTrainConfig(data=dirs, out=out, spec="tiny", seed=spec.seed, progress=progress))
+    if progress:
+        print(res.summary(), flush=True)
+    return out

@@ -1,0 +1,545 @@
+"""Textual inversion: learn ``n`` token vectors for one concept against a frozen Stable Diffusion.
+
+What makes it cheap, compared with the common reference script:
+
+- only an ``n x d`` fp32 parameter is trained; the token-embedding matrix itself is never touched
+  (a forward hook on the embedding layer substitutes the learned rows for the placeholder ids);
+- the UNet, VAE and text encoder are frozen, and on a GPU run in bf16 (fp16 where bf16 is
+  missing; SD 2.x in fp16 is known to give NaN loss, so that case falls back to fp32 and says so);
+- each image (and its mirror, where the anatomy allows) is VAE-encoded once and the posterior
+  mean/std cached; every step draws a fresh latent sample from the cache instead of re-encoding;
+- accelerate handles device and precision; checkpoints every N steps hold the parameter, the
+  optimizer state and the RNG state, so ``resume`` continues exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medti import __version__
+
+TEMPLATES: dict[str, list[str]] = {
+    "prostate_mri": [
+        "{}",
+        "axial prostate mri, {}",
+        "a t2 weighted adc dwi mri of {}",
+        "an image of {}",
+        "axial prostate mri of the pelvis, {}",
+    ],
+    "cxr": [
+        "{}",
+        "frontal chest x-ray, {}",
+        "a chest radiograph of {}",
+        "an image of {}",
+        "frontal chest x-ray radiograph, {}",
+    ],
+    "default": ["{}", "an image of {}", "a photo of {}"],
+}
+#: Modalities whose anatomy is (near) left-right symmetric, so a mirrored image is still plausible.
+FLIP_OK = {"prostate_mri"}
+
+
+class TrainingError(RuntimeError):
+    """A textual inversion run that cannot go on; the message says why and what to do."""
+
+
+@dataclass
+class EmbeddingConfig:
+    data: Path
+    concept: str
+    base: str = "tiny"
+    where: str = ""  # e.g. "csPCa=1"
+    split: str = "train"
+    vectors: int = 64
+    init_text: str = "mri"
+    steps: int = 2000
+    lr: float = 0.005
+    batch: int = 8
+    out: Path | None = None  # default: embeddings/<concept>.safetensors
+    resume: bool = False
+    seed: int = 0
+    max_images: int = 100
+    checkpoint_every: int = 250
+    sample_every: int = 0  # 0 = only at the end
+    n_samples: int = 8
+    sample_steps: int = 30
+    guidance: float = 3.0
+    flip: bool | None = None  # None: mirror only where the anatomy allows (prostate yes, cxr no)
+    precision: str = "auto"  # auto | no | bf16 | fp16
+    device: str | None = None  # None: accelerate picks (cuda when present)
+    validate: bool = True
+    progress: bool = True
+    stop_after: int | None = None  # stop (as if killed) after this many steps - for resume tests
+
+    def out_path(self) -> Path:
+        return Path(self.out) if self.out else Path("embeddings") / f"{self.concept}.safetensors"
+
+
+@dataclass
+class EmbeddingResult:
+    path: Path
+    token: str
+    steps: int
+    final_loss: float
+    seconds: float
+    samples: Path | None
+    n_images: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        s = (
+            f"embedding {self.token} ({self.metadata.get('vectors')} x {self.metadata.get('dim')}) -> {self.path} "
+            f"[{self.path.stat().st_size / 1024:.0f} KB], {self.steps} steps on {self.n_images} images, "
+            f"final loss {self.final_loss:.4f}, {self.seconds:.0f} s"
+        )
+        if self.samples:
+            s += f"\nsample grid: {self.samples}"
+        return s
+
+
+# ----------------------------------------------------------------------------- helpers
+def pick_precision(requested: str, device_type: str, prediction_type: str) -> tuple[str, str | None]:
+    """(mixed precision for the frozen modules, warning or None)."""
+    import torch
+
+    if device_type != "cuda":
+        if requested in ("bf16", "fp16"):
+            return "no", f"--precision {requested} ignored on {device_type}: frozen modules run in fp32"
+        return "no", None
+    if requested == "auto":
+        requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "fp16" and prediction_type == "v_prediction":
+        return "no", (
+            "fp16 with a v-prediction (SD 2.x) model is known to give NaN loss; "
+            "running the frozen modules in fp32 instead (use a GPU with bf16 for speed)"
+        )
+    return requested, None
+
+
+def placeholder_tokens(token: str, n: int) -> list[str]:
+    return [token] + [f"{token}_{i}" for i in range(1, n)]
+
+
+class VectorSubstitution:
+    """Forward hook on the token-embedding layer: rows of placeholder ids come from ``param``.
+
+    Only ``param`` (n x d, fp32) receives gradients; the embedding matrix is left as it was.
+    """
+
+    def __init__(self, layer, first_id: int, param):
+        self.first_id = first_id
+        self.param = param
+        self.handle = layer.register_forward_hook(self)
+
+    def __call__(self, module, args, out):
+        import torch
+
+        ids = args[0] if args else None
+        if ids is None:
+            return out
+        n = self.param.shape[0]
+        rel = ids - self.first_id
+        mask = (rel >= 0) & (rel < n)
+        if not bool(mask.any()):
+            return out
+        rows = self.param[rel.clamp(0, n - 1)].to(out.dtype)
+        return torch.where(mask[..., None], rows, out)
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def encode_latent_cache(vae, images, *, batch: int = 16, dtype=None, device=None, progress: bool = False):
+    """Posterior mean and std of every image, computed once (images: float [N,3,H,W] in [-1,1])."""
+    import torch
+    from tqdm.auto import tqdm
+
+    means, stds = [], []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(images), batch), desc="encode latents", disable=not progress, leave=False):
+            x = images[i : i + batch].to(device=device, dtype=dtype)
+            dist = vae.encode(x).latent_dist
+            means.append(dist.mean.float().cpu())
+            stds.append(dist.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def load_concept_images(cfg: EmbeddingConfig, size: int):
+    """Images of the selected cases as float [N,3,size,size] in [-1, 1], plus the dataset info."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from medti.data.dataset import Dataset, DatasetError, parse_where
+
+    ds = Dataset(cfg.data)
+    where = parse_where(cfg.where)
+    unknown = set(where) - set(ds.info.findings)
+    if unknown:
+        raise DatasetError(f"--where {cfg.where!r}: {sorted(unknown)} not among findings {ds.info.findings} of {cfg.data}")
+    cases = ds.cases(split=cfg.split or None, where=where)
+    if not cases:
+        raise DatasetError(f"{cfg.data}: no {cfg.split} cases match --where {cfg.where!r}")
+    cases = sorted(cases, key=lambda c: c.case_id)[: cfg.max_images]
+    arrs = []
+    for c in cases:
+        with Image.open(c.path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BICUBIC)
+            arrs.append(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
+    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+    return x, ds.info, [c.case_id for c in cases]
+
+
+def _fingerprint(cfg: EmbeddingConfig, base_hash: str, case_ids: list[str]) -> str:
+    keys = dict(
+        concept=cfg.concept,
+        where=cfg.where,
+        split=cfg.split,
+        vectors=cfg.vectors,
+        init_text=cfg.init_text,
+        lr=cfg.lr,
+        batch=cfg.batch,
+        seed=cfg.seed,
+        flip=cfg.flip,
+        base=base_hash,
+        cases=hashlib.sha256("\n".join(case_ids).encode()).hexdigest(),
+    )
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _ckpt_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".checkpoints")
+
+
+def _save_checkpoint(out: Path, step: int, param, optimizer, gen, fingerprint: str, losses: list[float]) -> Path:
+    from safetensors.torch import save
+
+    from medti.data.dataset import atomic_write_bytes
+
+    state = optimizer.state[param]
+    tensors = {
+        "param": param.detach().cpu().contiguous(),
+        "exp_avg": state["exp_avg"].detach().cpu().contiguous(),
+        "exp_avg_sq": state["exp_avg_sq"].detach().cpu().contiguous(),
+        "adam_step": state["step"].detach().cpu().reshape(1).float(),
+        "rng": gen.get_state().contiguous(),
+    }
+    meta = {"step": str(step), "fingerprint": fingerprint, "losses": json.dumps(losses[-50:])}
+    d = _ckpt_dir(out)
+    path = d / f"step-{step:07d}.safetensors"
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+    for old in sorted(d.glob("step-*.safetensors"))[:-2]:  # keep the last two
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    files = sorted(_ckpt_dir(out).glob("step-*.safetensors"))
+    return files[-1] if files else None
+
+
+def _load_checkpoint(path: Path, param, optimizer, gen, fingerprint: str) -> int:
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("fingerprint") != fingerprint:
+        raise TrainingError(
+            f"{path}: checkpoint was written by a run with other settings (concept, data, vectors, lr, "
+            "batch, seed or base differ); remove it or drop --resume"
+        )
+    with torch.no_grad():
+        param.copy_(t["param"].to(param.device))
+    optimizer.state[param] = {
+        "step": t["adam_step"].reshape(()).to(torch.float32),
+        "exp_avg": t["exp_avg"].to(param.device),
+        "exp_avg_sq": t["exp_avg_sq"].to(param.device),
+    }
+    gen.set_state(t["rng"])
+    return int(meta["step"])
+
+
+class Inversion:
+    """The trainable state and the step of textual inversion for one concept.
+
+    Adds the placeholder tokens, initialises the ``n x d`` parameter from ``init_text``, installs
+    the substitution hook, moves the frozen modules to the device in ``weight_dtype``, caches the
+    VAE posteriors of ``images`` (float [N,3,H,W] in [-1,1]) and pre-tokenises the templates.
+    ``step()`` runs one optimisation step and returns the loss.
+    """
+
+    def __init__(
+        self,
+        base,
+        images,
+        *,
+        modality: str,
+        token: str,
+        vectors: int,
+        init_text: str,
+        lr: float,
+        batch: int,
+        seed: int,
+        weight_dtype,
+        accelerator,
+        progress: bool = False,
+    ):
+        import torch
+        from diffusers import DDPMScheduler
+
+        tok, te, unet, vae = base.tokenizer, base.text_encoder, base.unet, base.vae
+        device = accelerator.device
+        self.names = names = placeholder_tokens(token, vectors)
+        clash = [t for t in names if t in tok.get_vocab()]
+        if clash:
+            raise TrainingError(f"token {clash[0]!r} already exists in the base's tokenizer; pick another concept name")
+        tok.add_tokens(names)
+        first_id = tok.convert_tokens_to_ids(names[0])
+        if tok.convert_tokens_to_ids(names) != list(range(first_id, first_id + len(names))):
+            raise TrainingError("placeholder tokens did not receive consecutive ids")
+        te.resize_token_embeddings(len(tok))
+        # initial vectors: the init text's token embeddings, cycled over the n vectors
+        emb_w = te.get_input_embeddings().weight
+        init_ids = tok(init_text, add_special_tokens=False).input_ids or [tok.eos_token_id]
+        init = torch.stack([emb_w[init_ids[i % len(init_ids)]] for i in range(vectors)]).detach().float().clone()
+        with torch.no_grad():
+            emb_w[first_id : first_id + vectors] = init.to(emb_w.dtype)
+        self.param = torch.nn.Parameter(init.to(device))
+
+        self.templates = TEMPLATES.get(modality, TEMPLATES["default"])
+        texts = [t.format(" ".join(names)) for t in self.templates]
+        enc = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=False, return_tensors="pt")
+        if enc.input_ids.shape[1] > tok.model_max_length:
+            raise TrainingError(
+                f"{vectors} vectors + template exceed the text encoder's {tok.model_max_length - 2} token budget"
+            )
+        self.template_ids = enc.input_ids.to(device)
+
+        te.to(device, dtype=weight_dtype)
+        unet.to(device, dtype=weight_dtype)
+        vae.to(device, dtype=weight_dtype)
+        self.hook = VectorSubstitution(te.get_input_embeddings(), first_id, self.param)
+        mean, std = encode_latent_cache(vae, images, dtype=weight_dtype, device=device, progress=progress)
+        self.mean, self.std = mean.to(device), std.to(device)
+        self.scaling = float(vae.config.scaling_factor)
+        vae.to("cpu")  # not needed again until sampling
+        self.noise_sched = DDPMScheduler.from_config(base.scheduler.config)
+        self.T = self.noise_sched.config.num_train_timesteps
+        self.v_pred = base.prediction_type == "v_prediction"
+        self.te, self.unet = te, unet
+        self.accelerator = accelerator
+        self.weight_dtype = weight_dtype
+        self.batch = batch
+        self.device = device
+        opt = torch.optim.AdamW([self.param], lr=lr, betas=(0.9, 0.999), weight_decay=0.0, eps=1e-8)
+        prepared = accelerator.prepare(opt)
+        self.prepared_optimizer = prepared
+        self.optimizer = getattr(prepared, "optimizer", prepared)
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def step(self) -> float:
+        import torch
+        import torch.nn.functional as F
+
+        b, gen, shape = self.batch, self.gen, self.mean.shape[1:]
+        # all randomness from one CPU generator, in a fixed order: resumable bit-for-bit
+        idx = torch.randint(0, self.mean.shape[0], (b,), generator=gen)
+        tsteps = torch.randint(0, self.T, (b,), generator=gen)
+        eps_lat = torch.randn((b, *shape), generator=gen)
+        noise = torch.randn((b, *shape), generator=gen)
+        tmpl = torch.randint(0, len(self.templates), (b,), generator=gen)
+        idx, tsteps, eps_lat, noise, tmpl = (v.to(self.device) for v in (idx, tsteps, eps_lat, noise, tmpl))
+        latents = (self.mean[idx] + self.std[idx] * eps_lat) * self.scaling
+        noisy = self.noise_sched.add_noise(latents, noise, tsteps)
+        target = self.noise_sched.get_velocity(latents, noise, tsteps) if self.v_pred else noise
+        with self.accelerator.autocast():
+            cond = self.te(self.template_ids[tmpl])[0]
+            pred = self.unet(noisy.to(self.weight_dtype), tsteps, cond.to(self.weight_dtype)).sample
+        loss = F.mse_loss(pred.float(), target.float())
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss.item()}; SD 2.x in fp16 is known to overflow - use --precision bf16 or no"
+            )
+        self.prepared_optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        self.prepared_optimizer.step()
+        return float(loss.detach())
+
+
+# ----------------------------------------------------------------------------- the step
+def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
+    """Train one concept embedding; write ``cfg.out_path()`` (+ checkpoints and a sample grid)."""
+    import torch
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from medti._quiet import quiet_libraries
+    from medti.data.dataset import DatasetError
+    from medti.diffusion.base import load_base
+    from medti.diffusion.embeddings import Embedding, save_embedding, token_for
+
+    quiet_libraries()
+    t0 = time.time()
+    if not 1 <= cfg.vectors <= 128:
+        raise TrainingError(f"--vectors {cfg.vectors}: must be between 1 and 128")
+    if cfg.steps < 1 or cfg.batch < 1 or not cfg.lr > 0:
+        raise TrainingError("--steps, --batch and --lr must be positive")
+    out = cfg.out_path()
+    token = token_for(cfg.concept)
+    if cfg.validate:
+        from medti.data.validate import require_valid
+
+        require_valid(Path(cfg.data))
+
+    accelerator = Accelerator(cpu=(cfg.device == "cpu"), mixed_precision="no")
+    device = accelerator.device
+    base = load_base(cfg.base, progress=cfg.progress)
+    precision, warning = pick_precision(cfg.precision, device.type, base.prediction_type)
+    if warning:
+        accelerator.print(f"warning: {warning}")
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+    size = base.image_size
+    images, info, case_ids = load_concept_images(cfg, size)
+    if len(case_ids) < 1:
+        raise DatasetError("no images selected")
+    flip = cfg.flip if cfg.flip is not None else info.modality in FLIP_OK
+    if flip:
+        images = torch.cat([images, images.flip(-1)])
+
+    inv = Inversion(
+        base,
+        images,
+        modality=info.modality,
+        token=token,
+        vectors=cfg.vectors,
+        init_text=cfg.init_text,
+        lr=cfg.lr,
+        batch=cfg.batch,
+        seed=cfg.seed,
+        weight_dtype=weight_dtype,
+        accelerator=accelerator,
+        progress=cfg.progress,
+    )
+    param, hook, gen, names, templates = inv.param, inv.hook, inv.gen, inv.names, inv.templates
+    raw_opt = inv.optimizer  # the torch optimizer under accelerate's wrapper (for checkpoints)
+    fingerprint = _fingerprint(cfg, base.model_hash, case_ids)
+
+    start = 0
+    if cfg.resume:
+        ck = _latest_checkpoint(out)
+        if ck is not None:
+            start = _load_checkpoint(ck, param, raw_opt, gen, fingerprint)
+            accelerator.print(f"resumed from {ck} at step {start}")
+    elif _latest_checkpoint(out) is not None:
+        for old in _ckpt_dir(out).glob("step-*.safetensors"):
+            old.unlink()
+
+    losses: list[float] = []
+    last_loss = float("nan")
+    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"train {token}", disable=not cfg.progress)
+    for step in bar:
+        try:
+            loss = inv.step()
+        except TrainingError as e:
+            hook.remove()
+            raise TrainingError(f"step {step + 1} (precision {precision}): {e}") from e
+        last_loss = loss
+        losses.append(last_loss)
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        done = step + 1
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            _save_checkpoint(out, done, param, raw_opt, gen, fingerprint, losses)
+        if cfg.sample_every and done % cfg.sample_every == 0 and done < cfg.steps:
+            _sample_grid(base, param, token, names, templates, cfg, out.with_name(f"{out.stem}.samples-{done:06d}.png"), hook)
+    bar.close()
+    if end < cfg.steps:  # simulated kill: leave only the checkpoint behind
+        _save_checkpoint(out, end, param, raw_opt, gen, fingerprint, losses)
+        hook.remove()
+        raise TrainingError(f"stopped after step {end} (stop_after); resume with --resume")
+
+    from medti.data.versions import dataset_version
+
+    meta = {
+        "concept": cfg.concept,
+        "token": token,
+        "vectors": str(cfg.vectors),
+        "dim": str(param.shape[1]),
+        "steps": str(cfg.steps),
+        "lr": str(cfg.lr),
+        "batch": str(cfg.batch),
+        "seed": str(cfg.seed),
+        "where": cfg.where,
+        "split": cfg.split,
+        "n_images": str(len(case_ids)),
+        "init_text": cfg.init_text,
+        "base_model": base.model_id,
+        "base_model_hash": base.model_hash,
+        "prediction_type": base.prediction_type,
+        "modality": info.modality,
+        "dataset_version": dataset_version(Path(cfg.data)),
+        "medti_version": __version__,
+        "final_loss": f"{last_loss:.6f}",
+    }
+    emb = Embedding(token, param.detach().float().cpu().clone(), meta)
+    save_embedding(emb, out)
+    samples = None
+    if cfg.n_samples > 0:
+        samples = _sample_grid(base, param, token, names, templates, cfg, out.with_name(f"{out.stem}.samples.png"), hook)
+    hook.remove()
+    for old in _ckpt_dir(out).glob("step-*.safetensors"):
+        old.unlink()
+    if _ckpt_dir(out).exists() and not any(_ckpt_dir(out).iterdir()):
+        _ckpt_dir(out).rmdir()
+    return EmbeddingResult(
+        path=out,
+        token=token,
+        steps=cfg.steps,
+        final_loss=last_loss,
+        seconds=time.time() - t0,
+        samples=samples,
+        n_images=len(case_ids),
+        metadata=meta,
+    )
+
+
+def _sample_grid(base, param, token, names, templates, cfg: EmbeddingConfig, path: Path, hook) -> Path:
+    """Sample a grid with the current vectors (the hook substitutes them), via diffusers' pipeline."""
+    import torch
+
+    from medti.diffusion.sampling import save_grid
+
+    was = base.vae.device
+    base.vae.to(base.unet.device)
+    pipe = base.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    # diffusers expands the bare token into its n vector tokens itself (maybe_convert_prompt)
+    prompt = templates[1 if len(templates) > 1 else 0].format(token)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    with torch.no_grad():
+        images = pipe(
+            [prompt] * cfg.n_samples,
+            num_inference_steps=cfg.sample_steps,
+            guidance_scale=cfg.guidance,
+            generator=gen,
+            output_type="np",
+        ).images
+    base.vae.to(was)
+    cols = int(math.ceil(math.sqrt(cfg.n_samples)))
+    return save_grid(images, path, cols=cols)
+
+
+def config_dict(cfg: EmbeddingConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}

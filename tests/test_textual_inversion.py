@@ -1,0 +1,125 @@
+"""Textual inversion on an untrained micro base: mechanics, resume, prediction types, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from diffusion_fixtures import make_blob_dataset
+from medti.cli import app
+from medti.diffusion.base import BaseModelError, build_micro, load_base
+from medti.diffusion.embeddings import load_embedding
+from medti.diffusion.textual_inversion import (
+    EmbeddingConfig,
+    TrainingError,
+    VectorSubstitution,
+    train_embedding,
+)
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bases")
+    return {p: build_micro(root / p, prediction_type=p) for p in ("v_prediction", "epsilon")}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_blob_dataset(tmp_path_factory.mktemp("ds") / "blobs")
+
+
+def _cfg(data, base, out, **kw):
+    args = dict(
+        data=data, concept="pos", where="csPCa=1", base=str(base), vectors=4, steps=12, batch=4,
+        out=out, n_samples=4, sample_steps=2, checkpoint_every=4, progress=False,
+    )
+    args.update(kw)
+    return EmbeddingConfig(**args)
+
+
+@pytest.mark.parametrize("pred", ["v_prediction", "epsilon"])
+def test_both_prediction_types_train_only_the_new_vectors(tmp_path, bases, data, pred):
+    base_dir = bases[pred]
+    before = {k: v.clone() for k, v in load_base(str(base_dir)).unet.state_dict().items()}
+    res = train_embedding(_cfg(data, base_dir, tmp_path / "pos.safetensors"))
+    emb = load_embedding(res.path)
+    assert emb.token == "<pos>" and tuple(emb.vectors.shape) == (4, 32)
+    assert emb.metadata["prediction_type"] == pred
+    assert emb.metadata["base_model_hash"] and emb.metadata["dataset_version"]
+    # vectors moved away from their initialisation (the init text's token embedding)
+    b = load_base(str(base_dir))
+    init_id = b.tokenizer("mri", add_special_tokens=False).input_ids[0]
+    init = b.text_encoder.get_input_embeddings().weight[init_id]
+    assert (emb.vectors - init).abs().max() > 1e-3
+    # the frozen base on disk is untouched
+    assert all(torch.equal(before[k], v) for k, v in b.unet.state_dict().items())
+    assert res.samples is not None and res.samples.exists()
+    assert torch.isfinite(torch.tensor(res.final_loss))
+    # checkpoints are cleaned up after a complete run
+    assert not list(tmp_path.glob("*.checkpoints/*"))
+
+
+def test_hook_gives_gradients_only_to_the_parameter(bases):
+    b = load_base(str(bases["epsilon"]))
+    te = b.text_encoder
+    first = te.get_input_embeddings().weight.shape[0] - 2
+    param = torch.nn.Parameter(torch.randn(2, 32))
+    te.get_input_embeddings().weight.requires_grad_(True)
+    hook = VectorSubstitution(te.get_input_embeddings(), first, param)
+    ids = torch.tensor([[0, 5, first, first + 1, 1]])
+    out = te(ids)[0]
+    # (a plain sum would be flat: the final LayerNorm makes each row sum to a constant)
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+    hook.remove()
+    assert param.grad is not None and param.grad.abs().sum() > 0
+    w_grad = te.get_input_embeddings().weight.grad
+    assert w_grad is None or w_grad[first : first + 2].abs().sum() == 0
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_embedding(tmp_path, bases, data):
+    base = bases["v_prediction"]
+    full = train_embedding(_cfg(data, base, tmp_path / "a" / "pos.safetensors", n_samples=0))
+    out_b = tmp_path / "b" / "pos.safetensors"
+    with pytest.raises(TrainingError, match="stopped after step 5"):
+        train_embedding(_cfg(data, base, out_b, n_samples=0, stop_after=5))
+    assert not out_b.exists()  # a killed run leaves no half-written embedding
+    assert list((tmp_path / "b").glob("pos.safetensors.checkpoints/step-*.safetensors"))
+    resumed = train_embedding(_cfg(data, base, out_b, n_samples=0, resume=True))
+    assert torch.equal(load_embedding(full.path).vectors, load_embedding(resumed.path).vectors)
+
+
+def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path, bases, data):
+    base = bases["v_prediction"]
+    out = tmp_path / "pos.safetensors"
+    with pytest.raises(TrainingError):
+        train_embedding(_cfg(data, base, out, n_samples=0, stop_after=4))
+    with pytest.raises(TrainingError, match="other settings"):
+        train_embedding(_cfg(data, base, out, n_samples=0, resume=True, lr=0.01))
+
+
+@pytest.mark.timeout(120)  # a hang on network retries fails here instead of stalling the suite
+def test_offline_hub_id_fails_at_once_with_what_to_download(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BaseModelError, match="huggingface-cli download stabilityai/stable-diffusion-2-base"):
+        load_base("stabilityai/stable-diffusion-2-base")
+
+
+def test_bad_requests_name_the_culprit(tmp_path, bases, data):
+    with pytest.raises(Exception, match="pleural_effusion"):
+        train_embedding(_cfg(data, bases["epsilon"], tmp_path / "x.safetensors", where="pleural_effusion=1"))
+    with pytest.raises(TrainingError, match="between 1 and 128"):
+        train_embedding(_cfg(data, bases["epsilon"], tmp_path / "x.safetensors", vectors=129))
+    with pytest.raises(BaseModelError, match="model_index.json"):
+        load_base(str(tmp_path))
+
+
+def test_cli_embed_train(tmp_path, bases, data):
+    out = tmp_path / "lesion.safetensors"
+    r = CliRunner().invoke(
+        app,
+        ["embed", "train", "--data", str(data), "--concept", "lesion", "--where", "csPCa=1",
+         "--base", str(bases["epsilon"]), "--vectors", "2", "--steps", "3", "--batch", "2", "--out", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    assert out.exists() and "<lesion>" in r.output
