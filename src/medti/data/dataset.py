@@ -280,6 +280,8 @@ def read_info(root: Path) -> DatasetInfo:
         d = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DatasetError(f"{p}: not valid UTF-8 JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise DatasetError(f"{p}: must hold a JSON object, got {type(d).__name__}")
     for k in ("modality", "channels", "findings", "image_size", "source"):
         if k not in d:
             raise DatasetError(f"{p}: missing key {k!r}")
