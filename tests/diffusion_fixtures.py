@@ -9,7 +9,7 @@ import numpy as np
 from medti.data.dataset import DatasetInfo, DatasetWriter
 
 
-def make_blob_dataset(out: Path, n: int = 16, size: int = 16, seed: int = 0) -> Path:
+def make_blob_dataset(out: Path, n: int = 16, size: int = 32, seed: int = 0) -> Path:
     """Tiny prostate-like dataset: positives carry a bright blue blob (a 'lesion')."""
     info = DatasetInfo(
         modality="prostate_mri",
@@ -26,7 +26,7 @@ def make_blob_dataset(out: Path, n: int = 16, size: int = 16, seed: int = 0) -> 
             pos = i % 2
             if pos:
                 cy, cx = rng.integers(4, size - 4, 2)
-                blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < 6
+                blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < 10
                 img[blob, 2] = 0.95
                 img[blob, 1] = 0.1
             img8 = np.clip(img * 255, 0, 255).astype(np.uint8)

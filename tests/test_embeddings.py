@@ -27,9 +27,9 @@ def micro_base(tmp_path_factory):
     return build_micro(tmp_path_factory.mktemp("bases") / "micro")
 
 
-def _emb(n=4, d=32, token="<csPCa>", seed=0):
+def _emb(n=4, d=32, token="<cspca>", seed=0):
     g = torch.Generator().manual_seed(seed)
-    return Embedding(token, torch.randn(n, d, generator=g), {"concept": token.strip("<>"), "steps": "100", "base_model": "medti-micro", "base_model_hash": "abc"})
+    return Embedding(token, torch.randn(n, d, generator=g), {"concept": "csPCa", "steps": "100", "base_model": "medti-micro", "base_model_hash": "abc"})
 
 
 def test_safetensors_pt_safetensors_round_trip(tmp_path):
@@ -38,7 +38,7 @@ def test_safetensors_pt_safetensors_round_trip(tmp_path):
     b = convert_embedding(a, tmp_path / "csPCa.pt")
     c = convert_embedding(b, tmp_path / "again" / "csPCa.safetensors")
     back = load_embedding(c)
-    assert back.token == "<csPCa>"
+    assert back.token == "<cspca>" and back.concept == "csPCa"
     assert torch.equal(back.vectors, e.vectors)
     native = load_embedding(a)
     assert native.metadata["concept"] == "csPCa" and native.metadata["vectors"] == "4"
@@ -54,12 +54,14 @@ def test_diffusers_load_textual_inversion_reads_both_formats(tmp_path, micro_bas
     e = _emb(n=3, d=32)
     st = save_embedding(e, tmp_path / "csPCa.safetensors")
     pt = save_embedding(e, tmp_path / "csPCa.pt")
-    for path, token in ((st, None), (pt, "<csPCa>")):
+    for path, token in ((st, None), (pt, "<cspca>")):
         pipe = StableDiffusionPipeline.from_pretrained(micro_base, safety_checker=None, requires_safety_checker=False)
         pipe.load_textual_inversion(str(path), token=token)
-        ids = pipe.tokenizer.convert_tokens_to_ids(["<csPCa>", "<csPCa>_1", "<csPCa>_2"])
+        ids = pipe.tokenizer.convert_tokens_to_ids(["<cspca>", "<cspca>_1", "<cspca>_2"])
         w = pipe.text_encoder.get_input_embeddings().weight
         assert torch.allclose(w[ids], e.vectors)
+        # the bare token in a prompt expands to all three vectors (a mixed-case token would not)
+        assert pipe.maybe_convert_prompt("mri of <cspca>", pipe.tokenizer).split()[-3:] == ["<cspca>", "<cspca>_1", "<cspca>_2"]
 
 
 def test_token_comes_from_file_name_not_the_a1111_name_field(tmp_path):
@@ -73,7 +75,7 @@ def test_token_comes_from_file_name_not_the_a1111_name_field(tmp_path):
     }
     torch.save(obj, tmp_path / "csPCa.pt")
     e = load_embedding(tmp_path / "csPCa.pt")
-    assert e.token == "<csPCa>"
+    assert e.token == "<cspca>" and e.concept == "csPCa"
     assert e.metadata["a1111_name"] == "prostate_pos-50000"
     assert load_embedding(tmp_path / "csPCa.pt", token="lesion").token == "<lesion>"
 

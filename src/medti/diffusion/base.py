@@ -78,11 +78,11 @@ SPECS: dict[str, TinySpec] = {
         unet_steps=1600,
         batch=32,
     ),
-    # untrained plumbing configuration: 16 px images, 8x8x4 latents
+    # untrained plumbing configuration: 32 px images, 8x8x4 latents
     "micro": TinySpec(
         name="micro",
-        image_size=16,
-        vae_channels=(8, 16),
+        image_size=32,
+        vae_channels=(8, 16, 16),
         unet_channels=(16, 32),
         unet_cross_attn=(False, True),
         norm_groups=8,

@@ -61,19 +61,28 @@ class Embedding:
 
 
 def token_for(name: str) -> str:
-    """Canonical token for a concept name: ``csPCa`` -> ``<csPCa>``."""
+    """Canonical token for a concept name: ``csPCa`` -> ``<cspca>``.
+
+    Tokens are lower-case because the CLIP tokenizer lower-cases its input: a mixed-case added
+    token is still matched, but ``tokenize()`` returns it lower-cased, so diffusers' multi-vector
+    prompt expansion would silently use only the first vector.
+    """
     name = name.strip()
     if not _TOKEN_OK.match(name):
         raise EmbeddingError(f"concept/token name {name!r} may only contain letters, digits, _ - .")
-    return name if name.startswith("<") and name.endswith(">") else f"<{name.strip('<>')}>"
+    return f"<{name.strip('<>').lower()}>"
 
 
-def token_from_path(path: Path) -> str:
+def concept_from_path(path: Path) -> str:
     stem = Path(path).name
     for suf in (".safetensors", ".pt", ".bin"):
         if stem.endswith(suf):
             stem = stem[: -len(suf)]
-    return token_for(stem)
+    return stem
+
+
+def token_from_path(path: Path) -> str:
+    return token_for(concept_from_path(path))
 
 
 def _as_2d(t, path: Path):
@@ -134,6 +143,7 @@ def load_embedding(path: Path, token: str | None = None) -> Embedding:
     if not path.is_file():
         raise EmbeddingError(f"{path}: embedding file not found")
     tok = token_for(token) if token else token_from_path(path)
+    concept = (token or concept_from_path(path)).strip("<>")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -150,6 +160,7 @@ def load_embedding(path: Path, token: str | None = None) -> Embedding:
             raise
         except Exception as e:
             raise EmbeddingError(f"{path}: not a readable safetensors file ({e})") from e
+        meta.setdefault("concept", concept)
         return Embedding(tok, _as_2d(vec, path), meta)
     if path.suffix in (".pt", ".bin"):
         import pickle
@@ -171,7 +182,7 @@ def load_embedding(path: Path, token: str | None = None) -> Embedding:
                 raise EmbeddingError(f"{path}: A1111 file without string_to_param['*']")
             vec = params["*"]
             meta = {
-                "concept": tok.strip("<>"),
+                "concept": concept,
                 "a1111_name": str(obj.get("name", "")),
                 "steps": str(obj.get("step", "")),
                 "base_model_hash": str(obj.get("sd_checkpoint", "") or ""),
@@ -180,9 +191,9 @@ def load_embedding(path: Path, token: str | None = None) -> Embedding:
             }
         elif isinstance(obj, dict) and len(obj) == 1:
             vec = next(iter(obj.values()))
-            meta = {"concept": tok.strip("<>"), "source_format": "diffusers-bin"}
+            meta = {"concept": concept, "source_format": "diffusers-bin"}
         elif hasattr(obj, "ndim"):
-            vec, meta = obj, {"concept": tok.strip("<>"), "source_format": "tensor"}
+            vec, meta = obj, {"concept": concept, "source_format": "tensor"}
         else:
             raise EmbeddingError(f"{path}: not an embedding (neither A1111 string_to_param nor {{token: tensor}})")
         return Embedding(tok, _as_2d(vec, path), meta)

@@ -37,3 +37,56 @@ def save_grid(images, path: Path, cols: int | None = None, scale: int = 1) -> Pa
         g = g.repeat(scale, axis=0).repeat(scale, axis=1)
     atomic_write_bytes(Path(path), encode_png(g))
     return Path(path)
+
+
+def sample_prompt(
+    base,
+    prompt: str,
+    n: int,
+    seed: int,
+    *,
+    steps: int = 30,
+    guidance: float = 3.0,
+    batch: int = 32,
+    negative: str | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """``n`` images (uint8 [n,H,W,3]) for one plain prompt through diffusers' StableDiffusionPipeline.
+
+    Image ``i`` uses its own generator seeded ``seed + i``, so an image does not depend on the batch
+    it was generated in and the same seed gives identical images on CPU.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    pipe = base.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    out = []
+    for i in tqdm(range(0, n, batch), desc="sample", disable=not progress, leave=False):
+        k = min(batch, n - i)
+        gens = [torch.Generator().manual_seed(seed + i + j) for j in range(k)]
+        with torch.no_grad():
+            ims = pipe(
+                [prompt] * k,
+                negative_prompt=[negative] * k if negative else None,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=gens,
+                output_type="np",
+            ).images
+        out.append(to_uint8_images(ims))
+    return np.concatenate(out)
+
+
+def sample_embedding(base_ref: str, embedding, n: int, seed: int, *, template: str | None = None, **kw) -> np.ndarray:
+    """Images from an embedding file's concept in its modality's default template."""
+    from medti.diffusion.base import load_base
+    from medti.diffusion.embeddings import load_embedding, load_into
+    from medti.diffusion.textual_inversion import TEMPLATES
+
+    base = load_base(base_ref)
+    emb = load_embedding(embedding)
+    load_into(base.tokenizer, base.text_encoder, emb)
+    tmpl = TEMPLATES.get(emb.metadata.get("modality", ""), TEMPLATES["default"])
+    prompt = (template or tmpl[1 if len(tmpl) > 1 else 0]).format(emb.token)
+    return sample_prompt(base, prompt, n, seed, **kw)

@@ -431,7 +431,7 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
         accelerator=accelerator,
         progress=cfg.progress,
     )
-    param, hook, gen, names, templates = inv.param, inv.hook, inv.gen, inv.names, inv.templates
+    param, hook, gen, templates = inv.param, inv.hook, inv.gen, inv.templates
     raw_opt = inv.optimizer  # the torch optimizer under accelerate's wrapper (for checkpoints)
     fingerprint = _fingerprint(cfg, base.model_hash, case_ids)
 
@@ -462,7 +462,7 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             _save_checkpoint(out, done, param, raw_opt, gen, fingerprint, losses)
         if cfg.sample_every and done % cfg.sample_every == 0 and done < cfg.steps:
-            _sample_grid(base, param, token, names, templates, cfg, out.with_name(f"{out.stem}.samples-{done:06d}.png"), hook)
+            _sample_grid(base, token, templates, cfg, out.with_name(f"{out.stem}.samples-{done:06d}.png"))
     bar.close()
     if end < cfg.steps:  # simulated kill: leave only the checkpoint behind
         _save_checkpoint(out, end, param, raw_opt, gen, fingerprint, losses)
@@ -496,7 +496,7 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
     save_embedding(emb, out)
     samples = None
     if cfg.n_samples > 0:
-        samples = _sample_grid(base, param, token, names, templates, cfg, out.with_name(f"{out.stem}.samples.png"), hook)
+        samples = _sample_grid(base, token, templates, cfg, out.with_name(f"{out.stem}.samples.png"))
     hook.remove()
     for old in _ckpt_dir(out).glob("step-*.safetensors"):
         old.unlink()
@@ -514,30 +514,17 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
     )
 
 
-def _sample_grid(base, param, token, names, templates, cfg: EmbeddingConfig, path: Path, hook) -> Path:
-    """Sample a grid with the current vectors (the hook substitutes them), via diffusers' pipeline."""
-    import torch
-
-    from medti.diffusion.sampling import save_grid
+def _sample_grid(base, token: str, templates: list[str], cfg: EmbeddingConfig, path: Path) -> Path:
+    """Sample a grid with the current vectors (the substitution hook is active) and save it."""
+    from medti.diffusion.sampling import sample_prompt, save_grid
 
     was = base.vae.device
     base.vae.to(base.unet.device)
-    pipe = base.pipeline()
-    pipe.set_progress_bar_config(disable=True)
     # diffusers expands the bare token into its n vector tokens itself (maybe_convert_prompt)
     prompt = templates[1 if len(templates) > 1 else 0].format(token)
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    with torch.no_grad():
-        images = pipe(
-            [prompt] * cfg.n_samples,
-            num_inference_steps=cfg.sample_steps,
-            guidance_scale=cfg.guidance,
-            generator=gen,
-            output_type="np",
-        ).images
+    images = sample_prompt(base, prompt, cfg.n_samples, cfg.seed, steps=cfg.sample_steps, guidance=cfg.guidance)
     base.vae.to(was)
-    cols = int(math.ceil(math.sqrt(cfg.n_samples)))
-    return save_grid(images, path, cols=cols)
+    return save_grid(images, path, cols=int(math.ceil(math.sqrt(cfg.n_samples))), scale=2)
 
 
 def config_dict(cfg: EmbeddingConfig) -> dict[str, Any]:
