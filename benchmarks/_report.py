@@ -9,7 +9,10 @@ from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 RESULTS = DOC.with_name("results.md")
-HEADER = "# Benchmarks\n\nEach section is written by the benchmark named in it, side by side against its baseline in one run.\n"
+HEADERS = {
+    "benchmarks.md": "# Benchmarks\n\nEach section is written by the benchmark named in it, side by side against its baseline in one run.\n",
+    "results.md": "# Results\n\nEach section is measured on generated data with fixed seeds by the script named in it.\n",
+}
 
 
 def machine() -> str:
@@ -42,7 +45,7 @@ def machine() -> str:
 def write_section(name: str, body: str, doc: Path = DOC) -> None:
     """Replace (or append) the section between ``<!-- bench:name -->`` markers."""
     doc.parent.mkdir(parents=True, exist_ok=True)
-    text = doc.read_text() if doc.exists() else HEADER
+    text = doc.read_text() if doc.exists() else HEADERS.get(doc.name, f"# {doc.stem}\n")
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
     pat = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
