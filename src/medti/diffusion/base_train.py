@@ -111,7 +111,7 @@ def train_vae(vae, images, *, steps: int, batch: int, lr: float, seed: int, devi
         loss.backward()
         opt.step()
         sched.step()
-        rec, kl = float(loss_rec), float(loss_kl)
+        rec, kl = float(loss_rec.detach()), float(loss_kl.detach())
         bar.set_postfix(mse=f"{rec:.4f}")
     vae.eval().requires_grad_(False)
     return {"vae_mse": rec, "vae_kl": kl}
@@ -185,7 +185,7 @@ def train_unet(
         opt.step()
         lr_s.step()
         ema.step(unet.parameters())
-        loss_v = float(loss)
+        loss_v = float(loss.detach())
         bar.set_postfix(loss=f"{loss_v:.4f}")
     ema.copy_to(unet.parameters())
     unet.eval().requires_grad_(False)
