@@ -178,10 +178,13 @@ def _effusion_top(an: CxrAnatomy, st: CxrStudy, side: int, x):
 
 
 def _with_pneumonia(rng: np.random.Generator, an: CxrAnatomy, st: CxrStudy) -> CxrStudy:
-    for _ in range(200):
+    # Rejection sampling; the radius shrinks over the attempts so that crowded chests (a big
+    # heart plus bilateral effusions) still get a consolidation that fits inside a lung.
+    for attempt in range(400):
         side = -1 if rng.random() < 0.5 else 1
         zone = rng.integers(3)
-        r = float(rng.uniform(0.09, 0.16))
+        shrink = 1.0 - 0.6 * attempt / 400
+        r = float(rng.uniform(0.09, 0.16)) * shrink
         cy = float(rng.uniform(*((-0.55, -0.35), (-0.22, 0.0), (0.08, 0.25))[zone]))
         cx = float(st.dx + side * rng.uniform(0.1, an.tw - 0.05))
         px, py = np.array([cx]), np.array([cy])
