@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.005)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--keep", type=Path, default=None, help="keep the embeddings in this dir")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()

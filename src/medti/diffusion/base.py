@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 EMBEDDED = ("tiny", "micro")
-BASE_FORMAT_VERSION = 1  # bump when the tiny recipe changes: the cache key includes it
+BASE_FORMAT_VERSION = 2  # bump when the tiny recipe changes: the cache key includes it
 
 
 class BaseModelError(RuntimeError):
@@ -74,8 +74,8 @@ SPECS: dict[str, TinySpec] = {
         text_heads=4,
         vocab_size=600,
         corpus_per_modality=1500,
-        vae_steps=400,
-        unet_steps=1600,
+        vae_steps=600,
+        unet_steps=1400,
         batch=32,
     ),
     # untrained plumbing configuration: 32 px images, 8x8x4 latents
@@ -410,6 +410,9 @@ def load_base(ref: str, *, device: str | None = None, dtype=None, progress: bool
     """Load a base model from any supported reference; see the module docstring."""
     from diffusers import StableDiffusionPipeline
 
+    from medti._quiet import quiet_libraries
+
+    quiet_libraries()
     kind, loc = resolve_base(ref)
     path: Path | None = None
     if kind == "embedded":

@@ -46,7 +46,7 @@ def sample_prompt(
     seed: int,
     *,
     steps: int = 30,
-    guidance: float = 3.0,
+    guidance: float = 7.5,
     batch: int = 32,
     negative: str | None = None,
     progress: bool = False,

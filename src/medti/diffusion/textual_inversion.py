@@ -69,7 +69,7 @@ class EmbeddingConfig:
     sample_every: int = 0  # 0 = only at the end
     n_samples: int = 8
     sample_steps: int = 30
-    guidance: float = 3.0
+    guidance: float = 7.5
     flip: bool | None = None  # None: mirror only where the anatomy allows (prostate yes, cxr no)
     precision: str = "auto"  # auto | no | bf16 | fp16
     device: str | None = None  # None: accelerate picks (cuda when present)

@@ -154,7 +154,7 @@ def sample_study(rng: np.random.Generator, an: ProstateAnatomy, positive: bool) 
     lesion = None
     if positive:
         zone = "pz" if rng.random() < PZ_LESION_FRACTION else "tz"
-        a = float(rng.uniform(0.07, 0.16))
+        a = float(rng.uniform(0.09, 0.18))
         lcx, lcy = _sample_point(rng, an, cx, cy, angle, zone, margin=0.35 * a)
         lesion = {
             "zone": zone,
@@ -167,7 +167,7 @@ def sample_study(rng: np.random.Generator, an: ProstateAnatomy, positive: bool) 
                 (float(rng.normal(0, 0.07)), float(rng.uniform(0, 2 * np.pi))),
                 (float(rng.normal(0, 0.05)), float(rng.uniform(0, 2 * np.pi))),
             ),
-            "contrast": float(rng.uniform(0.5, 1.0)),
+            "contrast": float(rng.uniform(0.7, 1.0)),
         }
     prostatitis = None
     if rng.random() < 0.3:
