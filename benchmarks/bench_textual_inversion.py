@@ -168,9 +168,10 @@ def run_reference(comps, paths, size, batch, steps, warmup, vectors, device, pre
             w[i] = w[init].clone()
     vae.requires_grad_(False)
     unet.requires_grad_(False)
-    te.text_model.encoder.requires_grad_(False)
-    te.text_model.final_layer_norm.requires_grad_(False)
-    te.text_model.embeddings.position_embedding.requires_grad_(False)
+    tm = getattr(te, "text_model", te)  # transformers 5 flattened CLIPTextModel
+    tm.encoder.requires_grad_(False)
+    tm.final_layer_norm.requires_grad_(False)
+    tm.embeddings.position_embedding.requires_grad_(False)
     te.get_input_embeddings().requires_grad_(True)
     opt = torch.optim.AdamW(te.get_input_embeddings().parameters(), lr=0.005, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     te, opt = acc.prepare(te, opt)

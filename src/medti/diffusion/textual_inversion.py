@@ -363,7 +363,10 @@ class Inversion:
         noisy = self.noise_sched.add_noise(latents, noise, tsteps)
         target = self.noise_sched.get_velocity(latents, noise, tsteps) if self.v_pred else noise
         with self.accelerator.autocast():
-            cond = self.te(self.template_ids[tmpl])[0]
+            # the frozen text encoder runs once per distinct template in the batch (at most a
+            # handful), not once per sample: the same values and gradients, a fraction of the work
+            uniq, inverse = torch.unique(tmpl, return_inverse=True)
+            cond = self.te(self.template_ids[uniq])[0][inverse]
             pred = self.unet(noisy.to(self.weight_dtype), tsteps, cond.to(self.weight_dtype)).sample
         loss = F.mse_loss(pred.float(), target.float())
         if not torch.isfinite(loss):
