@@ -24,6 +24,10 @@ embed_app = typer.Typer(help="Concept embeddings: textual inversion, file format
 app.add_typer(data_app, name="data")
 app.add_typer(base_app, name="base")
 app.add_typer(embed_app, name="embed")
+synth_app = typer.Typer(
+    help="Synthesis: composable prompts, interpolation, inpainting, synthetic datasets.", no_args_is_help=True
+)
+app.add_typer(synth_app, name="synth")
 data_app.add_typer(phantom_app, name="phantom")
 data_app.add_typer(import_app, name="import")
 
@@ -265,6 +269,132 @@ def embed_inspect_cmd(file: Path = typer.Argument(..., help="Embedding file.")):
     info = _run(inspect_embedding, file)
     info.pop("metadata", None)
     typer.echo(json.dumps(info, indent=2))
+
+
+# ----------------------------------------------------------------------------- synth
+_EXTRA_ARGS = {"allow_extra_args": True}
+_EMB_HELP = "Embedding file(s) (.safetensors / A1111 .pt); repeat the flag or list several after it."
+
+
+def _synth_embeddings(embeddings: list[Path] | None, ctx: typer.Context) -> list[Path]:
+    """--embeddings A B C: click takes one value per flag, the rest arrive as extra arguments."""
+    extra = []
+    for a in ctx.args:
+        if not a.endswith((".safetensors", ".pt", ".bin")):
+            _fail(f"unexpected argument {a!r} (embedding files end in .safetensors, .pt or .bin)")
+        extra.append(Path(a))
+    return [*(embeddings or []), *extra]
+
+
+def _weights(text: str) -> list[float]:
+    out = []
+    for part in text.split(","):
+        try:
+            out.append(float(part))
+        except ValueError:
+            _fail(f"--weights {text!r}: {part.strip()!r} is not a number (write e.g. 0,0.25,0.5,0.75,1)")
+    return out
+
+
+@synth_app.command("generate", context_settings=_EXTRA_ARGS)
+def synth_generate_cmd(
+    ctx: typer.Context,
+    base: str = typer.Option("tiny", "--base", help="tiny | diffusers dir | .ckpt/.safetensors | hub id."),
+    embeddings: list[Path] = typer.Option(None, "--embeddings", help=_EMB_HELP),
+    prompt: str = typer.Option(..., "--prompt", help="Prompt; 'a:0.3 AND b:0.7' composes concepts."),
+    negative: str = typer.Option(None, "--negative", help="Negative prompt (replaces the unconditional branch)."),
+    n: int = typer.Option(8, "--n", help="Number of images."),
+    seed: int = typer.Option(0, "--seed", help="Image i uses seed + i."),
+    steps: int = typer.Option(30, "--steps"),
+    guidance: float = typer.Option(7.5, "--guidance"),
+    scheduler: str = typer.Option("dpmpp", "--scheduler", help="ddim | euler | euler_a | dpmpp."),
+    batch: int = typer.Option(8, "--batch", help="Images denoised together."),
+    max_rows: int = typer.Option(64, "--max-rows", help="Most rows (images x branches) per UNet call."),
+    device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when present)."),
+    out: Path = typer.Option(..., "--out", help="Output dir (dataset format + grid.png)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output dir."),
+):
+    """Generate images of a (composed) prompt: PNGs, a grid, a manifest row per image."""
+    from medti.diffusion.synthesis import GenerateConfig, generate_images
+
+    cfg = GenerateConfig(
+        base=base, embeddings=_synth_embeddings(embeddings, ctx), prompt=prompt, negative=negative, n=n, seed=seed,
+        steps=steps, guidance=guidance, scheduler=scheduler, batch=batch, max_rows=max_rows, device=device,
+        out=out, overwrite=force,
+    )
+    typer.echo(_run(generate_images, cfg).summary())
+
+
+@synth_app.command("interpolate", context_settings=_EXTRA_ARGS)
+def synth_interpolate_cmd(
+    ctx: typer.Context,
+    base: str = typer.Option("tiny", "--base", help="tiny | diffusers dir | .ckpt/.safetensors | hub id."),
+    embeddings: list[Path] = typer.Option(None, "--embeddings", help=_EMB_HELP),
+    from_: str = typer.Option(..., "--from", help="Concept name or sub-prompt at weight 0."),
+    to: str = typer.Option(..., "--to", help="Concept name or sub-prompt at weight 1."),
+    weights: str = typer.Option("0,0.25,0.5,0.75,1", "--weights", help="Weights w of 'FROM:(1-w) AND TO:w'."),
+    seed: int = typer.Option(0, "--seed", help="First seed; strip k uses seed + k."),
+    n_seeds: int = typer.Option(1, "--n-seeds", help="Number of strips."),
+    negative: str = typer.Option(None, "--negative"),
+    steps: int = typer.Option(30, "--steps"),
+    guidance: float = typer.Option(7.5, "--guidance"),
+    scheduler: str = typer.Option("dpmpp", "--scheduler", help="ddim | euler | euler_a | dpmpp."),
+    batch: int = typer.Option(8, "--batch"),
+    device: str = typer.Option(None, "--device"),
+    out: Path = typer.Option(..., "--out", help="Output dir: strip-seed<S>.png, strips.png, interpolation.json."),
+):
+    """Interpolate between two concepts with fixed noise per seed: one strip PNG per seed."""
+    from medti.diffusion.synthesis import InterpolateConfig, interpolate_concepts
+
+    cfg = InterpolateConfig(
+        base=base, embeddings=_synth_embeddings(embeddings, ctx), from_prompt=from_, to_prompt=to,
+        weights=_weights(weights), seed=seed, n_seeds=n_seeds, negative=negative, steps=steps, guidance=guidance,
+        scheduler=scheduler, batch=batch, device=device, out=out,
+    )
+    typer.echo(_run(interpolate_concepts, cfg).summary())
+
+
+@synth_app.command("inpaint", context_settings=_EXTRA_ARGS)
+def synth_inpaint_cmd(
+    ctx: typer.Context,
+    base: str = typer.Option("tiny", "--base", help="tiny | diffusers dir | .ckpt/.safetensors | hub id."),
+    embeddings: list[Path] = typer.Option(None, "--embeddings", help=_EMB_HELP),
+    image: Path = typer.Option(..., "--image", help="Image PNG."),
+    mask: Path = typer.Option(..., "--mask", help="Mask PNG: white (> 127) = regenerate."),
+    prompt: str = typer.Option(..., "--prompt"),
+    negative: str = typer.Option(None, "--negative"),
+    strength: float = typer.Option(0.75, "--strength", help="How far to noise the image (0-1]."),
+    seed: int = typer.Option(0, "--seed"),
+    steps: int = typer.Option(30, "--steps"),
+    guidance: float = typer.Option(7.5, "--guidance"),
+    scheduler: str = typer.Option("dpmpp", "--scheduler", help="ddim | euler | euler_a | dpmpp."),
+    device: str = typer.Option(None, "--device"),
+    out: Path = typer.Option(..., "--out", help="Output PNG."),
+):
+    """Regenerate the masked region of an image; pixels outside the mask are kept exactly."""
+    from medti.diffusion.synthesis import InpaintConfig, inpaint_image
+
+    cfg = InpaintConfig(
+        base=base, embeddings=_synth_embeddings(embeddings, ctx), image=image, mask=mask, prompt=prompt,
+        negative=negative, strength=strength, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
+        device=device, out=out,
+    )
+    typer.echo(_run(inpaint_image, cfg).summary())
+
+
+@synth_app.command("dataset")
+def synth_dataset_cmd(
+    spec: Path = typer.Option(..., "--spec", help="Dataset spec YAML (base, embeddings, sampler, classes)."),
+    out: Path = typer.Option(..., "--out", help="Output dataset dir."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output dir."),
+    restart: bool = typer.Option(False, "--restart", help="Discard an unfinished run instead of resuming it."),
+    device: str = typer.Option(None, "--device"),
+):
+    """Synthetic dataset from a spec, in the real-data format; a killed run resumes where it stopped."""
+    from medti.diffusion.synthesis import SynthesisConfig, synthesize
+
+    cfg = SynthesisConfig(spec=spec, out=out, overwrite=force, restart=restart, device=device)
+    typer.echo(_run(synthesize, cfg).summary())
 
 
 # ----------------------------------------------------------------------------- demo

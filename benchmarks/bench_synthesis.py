@@ -1,0 +1,237 @@
+"""Guided sampling throughput: medti's sampler vs diffusers' pipeline and vs a per-concept loop.
+
+Side by side in one run, same model, scheduler, steps, batch and initial noise:
+
+- ``diffusers``: ``StableDiffusionPipeline`` on a plain prompt (classifier-free guidance);
+- ``medti plain``: :class:`medti.diffusion.guided.GuidedSampler` on the same plain prompt;
+- ``loop 2-concept``: ``A AND B`` by a loop that calls the UNet once per branch
+  (unconditional, A, B) every step - what composition costs when written naively;
+- ``medti 2-concept``: the same composition through the sampler (all branches in one UNet call).
+
+Every method runs ``--rounds`` times, interleaved, and the best round counts (the machine may be
+shared; the best round is the least disturbed one).  Images/s include text encoding, the
+denoising loop and VAE decoding.
+
+    python benchmarks/bench_synthesis.py                # tiny architecture on this machine
+    python benchmarks/bench_synthesis.py --model sd2    # SD 2.0-base configs, random weights, 512 px, bf16 (GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PROMPT = "axial prostate mri"
+#: ~FLOPs of one SD 2.x UNet evaluation at 64x64 latents (one row), for the compute bound.
+SD2_UNET_FLOP = 0.8e12
+#: Dense bf16 peak by GPU name fragment, TFLOP/s.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+
+
+def build(model: str, device: str, dtype):
+    """(Base, label) with two random concept embeddings loaded."""
+    import torch
+
+    from bench_textual_inversion import sd2_components, tiny_components
+    from medti.diffusion.base import Base
+
+    if model == "sd2":
+        comps, label = sd2_components(), "SD 2.0-base configs (v-prediction), random weights, 512 px"
+    else:
+        comps, label = tiny_components()
+        label += ", 64 px"
+    base = Base(ref=model, model_id=model, model_hash="", **comps)
+    for m in (base.text_encoder, base.unet, base.vae):
+        m.requires_grad_(False)
+        m.eval()
+        m.to(device=device, dtype=dtype)
+    from medti.diffusion.embeddings import Embedding
+
+    g = torch.Generator().manual_seed(0)
+    embs = [
+        Embedding(f"<{c}>", torch.randn(16, base.embed_dim, generator=g) * 0.02, {"concept": c})
+        for c in ("bench_a", "bench_b")
+    ]
+    return base, embs, label
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_diffusers(base, sampler, batch: int, seed: int):
+    import torch
+
+    from medti.diffusion.guided import make_scheduler
+
+    pipe = base.pipeline()
+    pipe.scheduler = make_scheduler(base.scheduler.config, sampler.scheduler_name)
+    pipe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
+    with torch.no_grad():
+        pipe([PROMPT] * batch, num_inference_steps=sampler.steps, guidance_scale=sampler.guidance, generator=gens,
+             output_type="np")
+
+
+def run_ours(base, sampler, batch: int, seed: int, prompt: str = PROMPT):
+    sampler._enc_cache.clear()  # encode the prompt every call, as the pipeline does
+    sampler.sample(prompt, n=batch, seed=seed)
+
+
+def run_loop(base, sampler, batch: int, seed: int, prompt: str = "bench_a AND bench_b"):
+    """Composable guidance with one UNet call per branch per step (same scheduler, noise, decode)."""
+    import torch
+
+    from medti.diffusion.guided import make_scheduler
+
+    r = sampler.resolve(prompt)
+    sampler._enc_cache.clear()
+    unet, dev, dt = base.unet, base.unet.device, base.unet.dtype
+    enc = sampler._encode_texts(["", *r.expanded_texts])  # the same (cached) text encoding
+    enc_u, enc_c = enc[0:1].expand(batch, -1, -1), [enc[i : i + 1].expand(batch, -1, -1) for i in range(1, len(enc))]
+    sched = make_scheduler(base.scheduler.config, sampler.scheduler_name)
+    sched.set_timesteps(sampler.steps, device=dev)
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
+    lat = torch.cat([torch.randn((1, 4, *([unet.config.sample_size] * 2)), generator=g) for g in gens]).to(dev)
+    lat = lat * sched.init_noise_sigma
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.scale_model_input(lat, t).to(dt)
+            u = unet(x, t, encoder_hidden_states=enc_u).sample.float()
+            acc = torch.zeros_like(u)
+            for w, e in zip(r.weights, enc_c, strict=True):
+                acc += w * (unet(x, t, encoder_hidden_states=e).sample.float() - u)
+            lat = sched.step(u + sampler.guidance * acc, t, lat, generator=gens, return_dict=False)[0]
+        sampler._decode(lat)
+
+
+def bench_batch(base, embs, args, device: str, batch: int) -> dict[str, list[float]]:
+    """Seconds per round of every method at one batch size."""
+    from medti.diffusion.guided import GuidedSampler
+
+    sampler = GuidedSampler(
+        base, embs, scheduler=args.scheduler, steps=args.steps, guidance=args.guidance, batch=batch,
+        max_rows=max(64, 3 * batch),
+    )
+    methods = {
+        "diffusers plain": lambda s: run_diffusers(base, sampler, batch, s),
+        "medti plain": lambda s: run_ours(base, sampler, batch, s),
+        "loop 2-concept": lambda s: run_loop(base, sampler, batch, s),
+        "medti 2-concept": lambda s: run_ours(base, sampler, batch, s, "bench_a AND bench_b"),
+    }
+    steps = sampler.steps
+    sampler.steps = min(2, steps)  # warm-up (allocator, kernels, lazy imports)
+    for fn in methods.values():
+        fn(0)
+    sampler.steps = steps
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for r in range(args.rounds):
+        for name, fn in methods.items():
+            _sync(device)
+            t = time.perf_counter()
+            fn(1000 + r * batch)
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+            print(f"batch {batch} round {r + 1}: {name:16s} {batch / times[name][-1]:8.2f} images/s", flush=True)
+    return times
+
+
+ROWS = {"diffusers plain": 2, "medti plain": 2, "loop 2-concept": 3, "medti 2-concept": 3}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["tiny", "sd2"], default="tiny")
+    ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
+    ap.add_argument("--batch", default="1,8", help="images per batch (every method), comma-separated list")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--scheduler", default="dpmpp")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
+    args = ap.parse_args()
+
+    import torch
+
+    from _report import machine, write_section
+    from medti._quiet import quiet_libraries
+
+    quiet_libraries()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if (args.model == "sd2" and device == "cuda") else torch.float32
+    base, embs, label = build(args.model, device, dtype)
+    batches = [int(b) for b in args.batch.split(",")]
+    peak = gpu = None
+    if args.model == "sd2" and device == "cuda":
+        gpu = torch.cuda.get_device_name(0)
+        peak = next((v for k, v in PEAK_TFLOPS.items() if k in gpu), None)
+    table, ratios = [], []
+    for batch in batches:
+        times = bench_batch(base, embs, args, device, batch)
+        best = {k: batch / min(v) for k, v in times.items()}
+        med = {k: batch / statistics.median(v) for k, v in times.items()}
+        for k in times:
+            row = f"| {batch} | {k} | {best[k]:.2f} | {med[k]:.2f} |"
+            if peak:
+                frac = best[k] * ROWS[k] * args.steps * SD2_UNET_FLOP / (peak * 1e12)
+                row += f" {peak * 1e12 / (ROWS[k] * args.steps * SD2_UNET_FLOP):.2f} | {100 * frac:.0f} % |"
+            table.append(row)
+        plain_x = best["medti plain"] / best["diffusers plain"]
+        comp_x = best["medti 2-concept"] / best["loop 2-concept"]
+        plain_m = med["medti plain"] / med["diffusers plain"]
+        comp_m = med["medti 2-concept"] / med["loop 2-concept"]
+        ratios.append(
+            f"| {batch} | **{plain_x:.2f}x** {'(met)' if plain_x >= 1.0 else '(missed)'}, median {plain_m:.2f}x | "
+            f"**{comp_x:.2f}x** {'(met)' if comp_x >= 1.5 else '(missed)'}, median {comp_m:.2f}x |"
+        )
+    head = "| batch | method | images/s (best) | images/s (median) |"
+    sep = "|---|---|---|---|"
+    bound = ""
+    if peak:
+        head += " compute bound images/s | of the bound |"
+        sep += "---|---|"
+        bound = (
+            f"\nCompute bound: UNet only, ~{SD2_UNET_FLOP / 1e12:.1f} TFLOP per UNet row at 64x64 latents, "
+            f"{peak:.0f} TFLOP/s dense bf16 peak of the {gpu}; rows per image per step: 2 plain, 3 two-concept.\n"
+        )
+    threads = f", {torch.get_num_threads()} torch thread(s)" if device == "cpu" else ""
+    cmd = f"python benchmarks/bench_synthesis.py --model {args.model} --batch {args.batch}"
+    for flag, val, default in (("--device", args.device, None), ("--steps", args.steps, 30), ("--guidance", args.guidance, 7.5),
+                               ("--scheduler", args.scheduler, "dpmpp"), ("--rounds", args.rounds, 3), ("--threads", args.threads, None)):
+        if val != default:
+            cmd += f" {flag} {val}"
+    nl = "\n"
+    body = f"""## Guided sampling: medti sampler vs diffusers pipeline and per-concept loop ({args.model}, {device})
+
+`{cmd}` on {machine()}{threads}.
+Model: {label}; dtype {str(dtype).replace('torch.', '')}; scheduler {args.scheduler}, {args.steps} steps, guidance {args.guidance};
+every method at the same batch; best of {args.rounds} interleaved rounds (median also shown). Images/s include text
+encoding, denoising and VAE decoding. Two-concept prompt: `bench_a AND bench_b` (two random 16-vector embeddings);
+"loop" = the same sampler written with one UNet call per branch (unconditional, A, B) per step.
+
+{head}
+{sep}
+{nl.join(table)}
+{bound}
+| batch | plain: medti / diffusers, best (target >= 1.0x) | 2-concept: medti / per-concept loop, best (target >= 1.5x) |
+|---|---|---|
+{nl.join(ratios)}
+"""
+    print(body)
+    if not args.no_write:
+        write_section(f"synthesis-{args.model}-{device}" + (f"-{args.threads}thread" if args.threads else ""), body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""Synthesis science checks on the trained tiny base: interpolation, composition, inpainting.
+
+Trains four textual-inversion embeddings itself (prostate phantoms: `csPCa` from csPCa=1 cases,
+`healthy` from csPCa=0 cases; CXR phantoms: `pleural_effusion` from pleural_effusion=1 cases,
+`pneumonia` from pneumonia=1 cases), then measures with the phantom reference scorers (pixels only):
+
+1. Interpolation ``healthy:(1-w) AND csPCa:w`` over w = 0, .25, .5, .75, 1 with fixed noise per
+   seed: the mean lesion score over the seeds should rise monotonically with w (Spearman rho >= 0.9).
+2. Composition on CXR: ``pleural_effusion AND pneumonia`` images should show both findings (both
+   scores above FINDING_THRESHOLDS) at least twice as often as images of either single prompt.
+3. Inpainting a lesion into healthy prostate phantoms (a lesion-shaped region, sampled the way the
+   phantom places csPCa lesions, dilated by 2 px): the lesion score inside the mask
+   (``lesion_score(image, region=mask)``) should rise for >= 80 % of cases; the mean absolute
+   change outside the mask should be <= 2/255.
+
+Every measurement runs at each guidance scale of ``--guidance`` (default 3 - the textual inversion
+experiment's - and 7.5 - the sampler's default); all are reported, none is picked.
+
+    MEDTI_CACHE=/tmp/mc1 python experiments/synthesis_science.py [--steps 1500] [--seeds 100] [--threads 1]
+
+Needs the trained tiny base in the cache (it is not built here: that takes ~16 min).  Writes the
+"synthesis" section of docs/results.md and docs/img/synthesis_{interpolation,composition,inpainting}_g*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+WEIGHTS = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def healthy_cases_with_lesion_masks(n: int, size: int, seed: int, dilate_px: int = 2):
+    """Healthy prostate phantoms, each with a lesion-shaped mask placed the way the phantom places
+    csPCa lesions (zone, size, shape), and the same study rendered with that lesion (for reference)."""
+    import copy
+
+    import numpy as np
+    from scipy import ndimage
+
+    from medti.data.phantoms import prostate
+
+    out = []
+    for i in range(n):
+        rng_an = np.random.default_rng([seed, i, 1])
+        rng_st = np.random.default_rng([seed, i, 2])
+        rng_le = np.random.default_rng([seed, i, 3])
+        an = prostate.sample_anatomy(rng_an)
+        st = prostate.sample_study(rng_st, an, positive=False)
+        # a lesion for this study, drawn as prostate.sample_study draws one
+        zone = "pz" if rng_le.random() < prostate.PZ_LESION_FRACTION else "tz"
+        a = float(rng_le.uniform(0.07, 0.16))
+        lcx, lcy = prostate._sample_point(rng_le, an, st.cx, st.cy, st.angle, zone, margin=0.35 * a)
+        lesion = {
+            "zone": zone, "cx": lcx, "cy": lcy, "a": a, "b": float(a * rng_le.uniform(0.6, 1.0)),
+            "angle": float(rng_le.uniform(0, np.pi)),
+            "harmonics": ((float(rng_le.normal(0, 0.07)), float(rng_le.uniform(0, 2 * np.pi))),
+                          (float(rng_le.normal(0, 0.05)), float(rng_le.uniform(0, 2 * np.pi)))),
+            "contrast": float(rng_le.uniform(0.5, 1.0)),
+        }
+        rng_render = np.random.default_rng([seed, i, 4])
+        healthy = prostate.render(an, st, size, copy.deepcopy(rng_render))
+        diseased = prostate.render(an, replace(st, lesion=lesion), size, copy.deepcopy(rng_render))
+        mask = ndimage.binary_dilation(diseased.lesion, iterations=dilate_px) if dilate_px else diseased.lesion
+        out.append((_u8(healthy.image), mask, _u8(diseased.image)))
+    return out
+
+
+def _u8(img):
+    from medti.data.dataset import to_uint8
+
+    return to_uint8(img)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=1500, help="textual inversion steps per embedding")
+    ap.add_argument("--vectors", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=0.005)
+    ap.add_argument("--seeds", type=int, default=100, help="seeds per interpolation weight")
+    ap.add_argument("--n-comp", type=int, default=100, help="images per composition prompt")
+    ap.add_argument("--n-inpaint", type=int, default=100, help="healthy cases to inpaint")
+    ap.add_argument("--scheduler", default="dpmpp")
+    ap.add_argument("--sample-steps", type=int, default=25)
+    ap.add_argument("--guidance", default="3,7.5", help="guidance scale(s), comma-separated; every one is reported")
+    ap.add_argument("--strength", type=float, default=1.0, help="inpainting strength")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", type=Path, default=None, help="keep the embeddings in this dir")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+
+    import numpy as np
+
+    from _report import RESULTS, machine, write_section
+    from medti._quiet import quiet_libraries
+    from medti.data.dataset import Dataset, load_image
+    from medti.data.phantoms import (
+        FINDING_THRESHOLDS,
+        PhantomConfig,
+        generate_phantoms,
+        lesion_score,
+    )
+    from medti.diffusion.base import embedded_dir, load_base
+    from medti.diffusion.embeddings import load_embedding
+    from medti.diffusion.textual_inversion import EmbeddingConfig, train_embedding
+
+    quiet_libraries()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    img_dir = Path(tempfile.mkdtemp(prefix="synthesis-figures-")) if args.no_write else ROOT / "docs" / "img"
+    if not (embedded_dir("tiny") / "model_index.json").exists():
+        sys.exit(f"the trained tiny base is not in the cache ({embedded_dir('tiny')}); build it first "
+                 "(`medti base build tiny`, ~16 min) or set MEDTI_CACHE")
+    t_all = time.time()
+    secs: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t = time.time()
+        data = {
+            kind: generate_phantoms(PhantomConfig(kind=kind, out=tmp / kind, n=600, seed=args.seed)).out
+            for kind in ("prostate", "cxr")
+        }
+        secs["phantoms"] = time.time() - t
+        print(f"phantoms: {secs['phantoms']:.0f} s", flush=True)
+        emb_dir = args.keep or tmp / "emb"
+        plan = [
+            ("csPCa", "prostate", "csPCa=1", "mri"),
+            ("healthy", "prostate", "csPCa=0", "mri"),
+            ("pleural_effusion", "cxr", "pleural_effusion=1", "chest x-ray"),
+            ("pneumonia", "cxr", "pneumonia=1", "chest x-ray"),
+        ]
+        res = {}
+        for concept, kind, where, init in plan:
+            t = time.time()
+            res[concept] = train_embedding(
+                EmbeddingConfig(
+                    data=data[kind], concept=concept, where=where, base="tiny", vectors=args.vectors,
+                    steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, init_text=init,
+                    out=emb_dir / f"{concept}.safetensors", n_samples=0, max_images=100, progress=False,
+                )
+            )
+            secs[f"ti_{concept}"] = time.time() - t
+            print(f"trained {concept}: loss {res[concept].final_loss:.4f}, {secs['ti_' + concept]:.0f} s", flush=True)
+        real_pos = [load_image(c.path) for c in Dataset(data["prostate"]).cases(split="test", where={"csPCa": 1})]
+        real_neg = [load_image(c.path) for c in Dataset(data["prostate"]).cases(split="test", where={"csPCa": 0})]
+        embs = [load_embedding(r.path) for r in res.values()]
+
+    base = load_base("tiny")
+    cases = healthy_cases_with_lesion_masks(args.n_inpaint, base.image_size, seed=7_000 + args.seed)
+    guidances = [float(g) for g in args.guidance.split(",")]
+    runs = [measure(base, embs, g, args, cases, img_dir, secs) for g in guidances]
+    total = time.time() - t_all
+
+    def ok(flag: bool) -> str:
+        return "met" if flag else "**missed**"
+
+    def gs(g: float) -> str:
+        return f"{g:g}"
+
+    interp_rows = "\n".join(
+        f"| {gs(r['g'])} | " + " | ".join(f"{m:.3f} ({f:.2f})" for m, f in zip(r["means"], r["frac"], strict=True))
+        + f" | **{r['rho']:.3f}** ({ok(r['rho'] >= 0.9)}) | {np.median(r['per_seed_rho']):.2f} / {np.mean(r['per_seed_rho'] >= 0.9):.0%} |"
+        for r in runs
+    )
+    comp_rows = "\n".join(
+        f"| {gs(r['g'])} | `{k}` | {v['eff']:.2f} | {v['pna']:.2f} | {v['both']:.2f} | {v['nan']:.2f} |"
+        for r in runs for k, v in r["comp"].items()
+    )
+    comp_ratio = "; ".join(f"guidance {gs(r['g'])}: **{r['ratio']:.2f}x** ({ok(r['ratio'] >= 2.0)})" for r in runs)
+    inp_rows = "\n".join(
+        f"| {gs(r['g'])} | **{r['rise']:.0%}** ({ok(r['rise'] >= 0.8)}) | {r['before'].mean():.3f} / {r['after'].mean():.3f} / "
+        f"{r['ref'].mean():.3f} | {np.mean(r['after'] > FINDING_THRESHOLDS['csPCa']):.0%} "
+        f"({np.mean(r['before'] > FINDING_THRESHOLDS['csPCa']):.0%}) | **{r['mean_out']:.3f}/255** ({ok(r['mean_out'] <= 2.0)}) | "
+        f"{r['in_change']:.1f}/255 |"
+        for r in runs
+    )
+    figs = "\n".join(
+        f"Guidance {gs(r['g'])}: interpolation strips (8 seeds, w = 0 .. 1 left to right) / composition (rows "
+        f"`pleural_effusion`, `pneumonia`, `pleural_effusion AND pneumonia`, same seeds) / inpainting (healthy, mask in "
+        f"yellow, inpainted, the same study rendered with a real lesion):\n\n"
+        f"![interpolation g{gs(r['g'])}](img/{r['figs'][0]}) ![composition g{gs(r['g'])}](img/{r['figs'][1]}) "
+        f"![inpainting g{gs(r['g'])}](img/{r['figs'][2]})\n"
+        for r in runs
+    )
+    ti_rows = ", ".join(f"`{k}` {r.final_loss:.4f} ({secs['ti_' + k]:.0f} s)" for k, r in res.items())
+    times = "; ".join(
+        f"guidance {gs(r['g'])}: interpolation {r['secs'][0]:.0f} s, composition {r['secs'][1]:.0f} s, "
+        f"inpainting {r['secs'][2]:.0f} s" for r in runs
+    )
+    wcols = " | ".join(f"w={w:g}" for w in WEIGHTS)
+    body = f"""## Synthesis: interpolation, composition, inpainting (tiny base)
+
+`MEDTI_CACHE=... python experiments/synthesis_science.py --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --threads {args.threads}' if args.threads else ''}`
+on {machine()}; {total / 60:.1f} min in all.
+
+Embeddings (textual inversion, {args.vectors} vectors, {args.steps} steps at batch {args.batch}, lr {args.lr}, first 100
+matching training cases of 600 phantoms per kind, seed {args.seed}): `csPCa` (csPCa=1), `healthy` (csPCa=0),
+`pleural_effusion` (pleural_effusion=1), `pneumonia` (pneumonia=1; the CXR findings are independent, so each CXR training
+set also holds the other finding in about half its cases). Final losses and training times: {ti_rows}.
+Sampling: {args.scheduler}, {args.sample_steps} steps; every measurement at each guidance scale listed (all reported, none
+chosen after the fact); prompts as written below (bare concept names). Scores: phantom reference scorers on the pixels,
+thresholds `FINDING_THRESHOLDS`; no seed or case was left out.
+
+**1. Interpolation** `healthy:(1-w) AND csPCa:w`, {args.seeds} seeds (10000..), the same initial noise along each strip.
+Mean lesion score (fraction > {FINDING_THRESHOLDS['csPCa']}) per weight; Spearman rho of weights vs mean score (target >= 0.9);
+per-seed rho: median / share of strips >= 0.9. Real test phantoms for reference: mean lesion score
+{np.mean([lesion_score(x) for x in real_pos]):.3f} (csPCa=1) / {np.mean([lesion_score(x) for x in real_neg]):.3f} (csPCa=0).
+
+| guidance | {wcols} | rho | per-seed rho |
+|---|{'---|' * len(WEIGHTS)}---|---|
+{interp_rows}
+
+**2. Composition** on CXR, {args.n_comp} images per prompt (seeds 20000.., the same for every prompt); fraction of images
+with each finding present (score > threshold):
+
+| guidance | prompt | effusion | pneumonia | both | a score unmeasurable (NaN) |
+|---|---|---|---|---|---|
+{comp_rows}
+
+Both findings, composition / best single prompt (target >= 2x): {comp_ratio}.
+
+**3. Inpainting** `csPCa` into {args.n_inpaint} healthy prostate phantoms (fresh renders, seed {7000 + args.seed}; mask = a
+lesion region placed as the phantom places csPCa lesions, dilated by 2 px; strength {args.strength}; regular checkpoint:
+masked latent denoising + inward-feathered paste, default feather):
+
+| guidance | lesion score in the mask rises (target >= 80 %) | mean score in the mask: before / after / same study with a real lesion | after > {FINDING_THRESHOLDS['csPCa']} (before) | mean abs. change outside the mask (target <= 2/255) | mean abs. change inside |
+|---|---|---|---|---|---|
+{inp_rows}
+
+{figs}
+Time: phantoms {secs['phantoms']:.0f} s; {times}.
+"""
+    print(body)
+    if not args.no_write:
+        write_section("synthesis", body, doc=RESULTS)
+
+
+def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dict:
+    """All three measurements at guidance ``g``; figures written to ``img_dir``."""
+    import numpy as np
+    from scipy import stats
+
+    from medti.data.phantoms import FINDING_THRESHOLDS, cxr_scores, lesion_score
+    from medti.diffusion.guided import GuidedSampler
+    from medti.diffusion.sampling import grid_image, save_grid
+
+    sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=args.sample_steps, guidance=g, batch=16)
+    tag = f"g{g:g}".replace(".", "_")
+    figs = [f"synthesis_interpolation_{tag}.png", f"synthesis_composition_{tag}.png", f"synthesis_inpainting_{tag}.png"]
+    t_run = []
+
+    # 1. interpolation
+    t = time.time()
+    strips = sampler.interpolate("healthy", "csPCa", WEIGHTS, list(range(10_000, 10_000 + args.seeds)))
+    t_run.append(time.time() - t)
+    les = np.array([[lesion_score(im) for im in strip] for strip in strips])  # [seeds, weights]
+    means = les.mean(axis=0)
+    r = dict(g=g, figs=figs, means=means, frac=(les > FINDING_THRESHOLDS["csPCa"]).mean(axis=0))
+    r["rho"] = float(stats.spearmanr(WEIGHTS, means).statistic)
+    r["per_seed_rho"] = np.array([stats.spearmanr(WEIGHTS, s).statistic for s in les])
+    save_grid(strips[:8].reshape(-1, *strips.shape[2:]), img_dir / figs[0], cols=len(WEIGHTS), scale=2)
+    print(f"guidance {g}: interpolation {t_run[-1]:.0f} s, rho {r['rho']:.3f}", flush=True)
+
+    # 2. composition
+    t = time.time()
+    comp = {}
+    for prompt in ("pleural_effusion", "pneumonia", "pleural_effusion AND pneumonia"):
+        imgs = sampler.sample(prompt, n=args.n_comp, seed=20_000)
+        sc = [cxr_scores(im) for im in imgs]
+        eff = np.array([s["pleural_effusion"] > FINDING_THRESHOLDS["pleural_effusion"] for s in sc])
+        pna = np.array([s["pneumonia"] > FINDING_THRESHOLDS["pneumonia"] for s in sc])
+        comp[prompt] = dict(images=imgs, eff=eff.mean(), pna=pna.mean(), both=(eff & pna).mean(),
+                            nan=np.mean([np.isnan(s["pleural_effusion"]) or np.isnan(s["pneumonia"]) for s in sc]))
+    t_run.append(time.time() - t)
+    single = max(comp["pleural_effusion"]["both"], comp["pneumonia"]["both"])
+    both = comp["pleural_effusion AND pneumonia"]["both"]
+    r["comp"], r["ratio"] = comp, (both / single if single > 0 else float("inf"))
+    save_grid(np.stack([grid_image(v["images"][:10], cols=10) for v in comp.values()]), img_dir / figs[1], cols=1, scale=2)
+    print(f"guidance {g}: composition {t_run[-1]:.0f} s, ratio {r['ratio']:.2f}", flush=True)
+
+    # 3. inpainting
+    t = time.time()
+    before, after, ref, out_change, in_change, shown = [], [], [], [], [], []
+    for i, (img, mask, diseased) in enumerate(cases):
+        new = sampler.inpaint(img, mask, "csPCa", n=1, seed=30_000 + i, strength=args.strength)[0]
+        before.append(lesion_score(img, region=mask))
+        after.append(lesion_score(new, region=mask))
+        ref.append(lesion_score(diseased, region=mask))
+        d = np.abs(new.astype(float) - img.astype(float))
+        out_change.append(d[~mask].mean())
+        in_change.append(d[mask].mean())
+        if i < 8:
+            overlay = img.copy()
+            overlay[mask] = (0.5 * overlay[mask] + 0.5 * np.array([255, 255, 0])).astype(np.uint8)
+            shown += [img, overlay, new, diseased]
+    t_run.append(time.time() - t)
+    r.update(before=np.array(before), after=np.array(after), ref=np.array(ref), mean_out=float(np.mean(out_change)),
+             in_change=float(np.mean(in_change)), secs=t_run)
+    r["rise"] = float((r["after"] > r["before"]).mean())
+    save_grid(np.stack(shown), img_dir / figs[2], cols=4, scale=2)
+    print(f"guidance {g}: inpainting {t_run[-1]:.0f} s, rise {r['rise']:.2f}", flush=True)
+    return r
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Guided sampling on an untrained micro base: composition math and batching, every scheduler x
+both prediction types, determinism, interpolation strips, inpainting (4- and 9-channel UNets)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medti.diffusion.base import build_micro, load_base
+from medti.diffusion.embeddings import Embedding, EmbeddingError
+from medti.diffusion.guided import (
+    SCHEDULERS,
+    GuidedSampler,
+    SynthesisError,
+    compose,
+    make_scheduler,
+    paste,
+)
+from medti.diffusion.prompts import PromptError
+from medti.diffusion.sampling import to_uint8_images
+
+
+def _emb(concept: str, seed: int, n: int = 3, dim: int = 32) -> Embedding:
+    g = torch.Generator().manual_seed(seed)
+    return Embedding(f"<{concept.lower()}>", torch.randn(n, dim, generator=g) * 0.5, {"concept": concept})
+
+
+EMBS = [_emb("csPCa", 1), _emb("healthy", 2), _emb("pleural_effusion", 3, n=2)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two spinning OpenMP threads per process
+    make these tiny models many times slower; results do not depend on it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bases")
+    return {p: load_base(str(build_micro(root / p, prediction_type=p))) for p in ("v_prediction", "epsilon")}
+
+
+def _sampler(base, **kw) -> GuidedSampler:
+    args = dict(scheduler="ddim", steps=3, guidance=5.0, batch=4)
+    args.update(kw)
+    return GuidedSampler(base, EMBS, **args)
+
+
+class _Counter:
+    """Counts UNet forward calls and remembers their batch sizes / input channels."""
+
+    def __init__(self, unet):
+        self.rows, self.channels = [], []
+        self.h = unet.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        x = args[0] if args else kwargs["sample"]
+        self.rows.append(int(x.shape[0]))
+        self.channels.append(int(x.shape[1]))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.h.remove()
+
+
+# ----------------------------------------------------------------------------- composition math
+def test_compose_is_the_composable_diffusion_formula():
+    g = torch.Generator().manual_seed(0)
+    u, a, b = (torch.randn(2, 4, 3, 3, generator=g) for _ in range(3))
+    # weights (1): exactly classifier-free guidance
+    assert torch.equal(compose(u, [a], [1.0], 7.5), u + 7.5 * (a - u))
+    out = compose(u, [a, b], [0.3, 0.7], 4.0)
+    assert torch.allclose(out, u + 4.0 * (0.3 * (a - u) + 0.7 * (b - u)), atol=1e-6)
+    # a negative weight pushes away from a concept
+    assert torch.allclose(compose(u, [a, b], [1.0, -0.5], 2.0), u + 2.0 * ((a - u) - 0.5 * (b - u)), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler_a"])
+def test_plain_prompt_gives_exactly_diffusers_cfg(bases, name):
+    base = bases["v_prediction"]
+    s = _sampler(base, scheduler=name, batch=3)
+    ours = s.sample("axial prostate mri", n=3, seed=11)
+    pipe = base.pipeline()
+    pipe.scheduler = make_scheduler(base.scheduler.config, name)
+    pipe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator().manual_seed(11 + i) for i in range(3)]
+    ref = pipe(["axial prostate mri"] * 3, num_inference_steps=3, guidance_scale=5.0, generator=gens, output_type="np").images
+    assert np.array_equal(ours, to_uint8_images(ref))
+
+
+def _reference_loop(base, sampler, prompt, negative, seed, guidance):
+    """Composable diffusion written out naively: one UNet call per branch, DDIM, one image."""
+    r = sampler.resolve(prompt, negative)
+    tok, te = base.tokenizer, base.text_encoder
+
+    def enc(t):
+        ids = tok([t], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        return te(ids)[0]
+
+    sched = make_scheduler(base.scheduler.config, "ddim")
+    sched.set_timesteps(3)
+    lat = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(seed)) * sched.init_noise_sigma
+    with torch.no_grad():
+        e_u = enc(r.negative_expanded)
+        e_c = [enc(t) for t in r.expanded_texts]
+        for t in sched.timesteps:
+            x = sched.scale_model_input(lat, t)
+            u = base.unet(x, t, e_u).sample
+            out = u + guidance * sum(w * (base.unet(x, t, e).sample - u) for w, e in zip(r.weights, e_c, strict=True))
+            lat = sched.step(out, t, lat).prev_sample
+        img = base.vae.decode(lat / base.vae.config.scaling_factor).sample
+    return to_uint8_images((img / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy())[0]
+
+
+@pytest.mark.parametrize("pred", ["v_prediction", "epsilon"])
+def test_composition_with_negative_matches_a_per_concept_loop(bases, pred):
+    base = bases[pred]
+    prompt, negative = "csPCa:0.3 AND axial prostate mri, healthy:0.7 AND pleural_effusion:-0.2", "blurry csPCa"
+    ours = _sampler(base).sample(prompt, n=1, seed=4, negative=negative)[0]
+    ref = _reference_loop(base, _sampler(base), prompt, negative, 4, 5.0)
+    assert np.abs(ours.astype(int) - ref).max() <= 1  # float summation order only
+    plain = _sampler(base).sample("csPCa", n=1, seed=4)[0]
+    assert np.abs(ours.astype(int) - plain).mean() > 1  # the composition did something
+
+
+def test_all_branches_of_a_step_go_through_the_unet_as_one_batch(bases):
+    base = bases["epsilon"]
+    prompt = "csPCa AND healthy:0.5"
+    with _Counter(base.unet) as c:
+        one = _sampler(base, batch=3).sample(prompt, n=3, seed=0)
+    assert c.rows == [9, 9, 9]  # 3 images x (uncond + 2 concepts), one call per step
+    with _Counter(base.unet) as c:
+        chunked = _sampler(base, batch=3, max_rows=4).sample(prompt, n=3, seed=0)
+    assert c.rows == [4, 4, 1] * 3
+    assert np.abs(one.astype(int) - chunked).max() <= 1  # same result up to float rounding
+    with _Counter(base.unet) as c:
+        _sampler(base, batch=3).sample("csPCa AND healthy:0", n=3, seed=0)
+    assert c.rows == [6, 6, 6]  # a zero-weight sub-prompt is not evaluated
+
+
+@pytest.mark.parametrize("pred", ["v_prediction", "epsilon"])
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_is_deterministic_per_seed(bases, pred, name):
+    base = bases[pred]
+    prompt, neg = "csPCa:0.6 AND healthy:0.4", "pleural_effusion"
+    a = _sampler(base, scheduler=name).sample(prompt, n=2, seed=3, negative=neg)
+    b = _sampler(base, scheduler=name).sample(prompt, n=2, seed=3, negative=neg)
+    assert a.dtype == np.uint8 and a.shape == (2, 32, 32, 3)
+    assert a.tobytes() == b.tobytes()
+    assert not np.array_equal(a[0], a[1])  # seed + i per image
+    c = _sampler(base, scheduler=name).sample(prompt, n=1, seed=4, negative=neg)
+    assert np.array_equal(a[1], c[0]) or np.abs(a[1].astype(int) - c[0]).max() <= 1  # image i = seed + i
+
+
+# ----------------------------------------------------------------------------- interpolation
+def test_interpolation_strips_share_their_noise(bases):
+    base = bases["v_prediction"]
+    weights = [0.0, 0.5, 1.0]
+    s = _sampler(base, scheduler="euler_a", batch=1)
+    strips = s.interpolate("csPCa", "healthy", weights, seeds=[7, 8])
+    assert strips.shape == (2, 3, 32, 32, 3)
+    # weight 0 is exactly the A-only prompt at the strip's seed, weight 1 the B-only prompt
+    assert np.array_equal(strips[0, 0], s.sample("csPCa", n=1, seed=7)[0])
+    assert np.array_equal(strips[1, 2], s.sample("healthy", n=1, seed=8)[0])
+    assert not np.array_equal(strips[0, 0], strips[0, 2])
+    # batched across weights and seeds: the same images up to float rounding
+    batched = _sampler(base, scheduler="euler_a", batch=6).interpolate("csPCa", "healthy", weights, seeds=[7, 8])
+    assert np.abs(batched.astype(int) - strips).max() <= 1
+    assert [p.format() for p in s.interpolation_prompts("csPCa", "healthy", [0.25])] == ["csPCa:0.75 AND healthy:0.25"]
+
+
+# ----------------------------------------------------------------------------- inpainting
+def _image_and_mask(size=32):
+    rng = np.random.default_rng(0)
+    img = (rng.random((size, size, 3)) * 80 + 60).astype(np.uint8)
+    mask = np.zeros((size, size), bool)
+    mask[size // 4 : size // 2, size // 4 : size // 2 + 4] = True
+    return img, mask
+
+
+@pytest.mark.parametrize(("pred", "name", "strength"), [("v_prediction", "euler", 0.75), ("epsilon", "dpmpp", 1.0), ("epsilon", "ddim", 0.5)])
+def test_inpainting_changes_only_the_masked_region(bases, pred, name, strength):
+    base = bases[pred]
+    img, mask = _image_and_mask()
+    s = _sampler(base, scheduler=name, steps=4)
+    out = s.inpaint(img, mask, "csPCa", n=2, seed=1, strength=strength)
+    assert out.shape == (2, 32, 32, 3)
+    assert np.array_equal(out[:, ~mask], np.broadcast_to(img[~mask], out[:, ~mask].shape))
+    assert np.abs(out[:, mask].astype(int) - img[mask]).mean() > 2
+    again = _sampler(base, scheduler=name, steps=4).inpaint(img, mask, "csPCa", n=2, seed=1, strength=strength)
+    assert out.tobytes() == again.tobytes()
+
+
+def test_inpainting_at_another_resolution_pastes_back_at_the_original_one(bases):
+    img, mask = _image_and_mask(48)
+    out = _sampler(bases["epsilon"]).inpaint(img, mask, "healthy", seed=2)[0]
+    assert out.shape == (48, 48, 3)
+    assert np.array_equal(out[~mask], img[~mask]) and not np.array_equal(out[mask], img[mask])
+
+
+def test_paste_feathers_inward_only():
+    orig = np.zeros((16, 16, 3), np.uint8)
+    gen = np.full((16, 16, 3), 200, np.uint8)
+    mask = np.zeros((16, 16), bool)
+    mask[4:12, 4:12] = True
+    out = paste(orig, gen, mask, feather=2)
+    assert (out[~mask] == 0).all()
+    assert out[8, 8, 0] == 200  # the mask's interior is the generated image
+    assert 0 < out[4, 8, 0] < 200  # its border is blended
+
+
+def test_nine_channel_inpainting_checkpoint(bases, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    src = bases["epsilon"]
+    torch.manual_seed(0)
+    unet9 = UNet2DConditionModel.from_config({**dict(src.unet.config), "in_channels": 9}).eval()
+    base = load_base(str(build_micro(tmp_path / "m", prediction_type="epsilon")))
+    base.unet = unet9
+    img, mask = _image_and_mask()
+    s = _sampler(base, scheduler="dpmpp", steps=3)
+    with _Counter(unet9) as c:
+        out = s.inpaint(img, mask, "csPCa AND healthy:0.5", n=1, seed=0, strength=1.0)[0]
+    assert set(c.channels) == {9} and c.rows == [3, 3, 3]
+    assert np.array_equal(out[~mask], img[~mask]) and not np.array_equal(out[mask], img[mask])
+    with pytest.raises(SynthesisError, match="inpainting checkpoint"):
+        s.sample("csPCa", n=1)
+
+
+# ----------------------------------------------------------------------------- errors
+def test_bad_requests_name_the_culprit(bases):
+    base = bases["epsilon"]
+    with pytest.raises(SynthesisError, match="scheduler 'heun'"):
+        _sampler(base, scheduler="heun")
+    with pytest.raises(PromptError, match="pneumonia"):
+        _sampler(base).sample("pneumonia AND csPCa", n=1)
+    img, mask = _image_and_mask()
+    with pytest.raises(SynthesisError, match="empty"):
+        _sampler(base).inpaint(img, np.zeros_like(mask), "csPCa")
+    with pytest.raises(SynthesisError, match="mask is"):
+        _sampler(base).inpaint(img, mask[:16], "csPCa")
+    with pytest.raises(SynthesisError, match="strength"):
+        _sampler(base).inpaint(img, mask, "csPCa", strength=0)
+    other = Embedding("<cspca>", torch.zeros(3, 32), {"concept": "csPCa"})
+    with pytest.raises(EmbeddingError, match="already loaded"):
+        GuidedSampler(base, [other])

@@ -1,0 +1,221 @@
+"""Synthesis steps on an untrained micro base: resumable synthetic datasets that validate, spec
+errors that name the key, and the `medti synth` commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from medti.cli import app
+from medti.data.dataset import DatasetError, encode_png, load_image, read_manifest
+from medti.data.validate import ValidateConfig, validate_dataset
+from medti.diffusion.base import build_micro
+from medti.diffusion.embeddings import Embedding, load_embedding, save_embedding
+from medti.diffusion.synthesis import (
+    SynthesisConfig,
+    SynthesisError,
+    load_spec,
+    synthesize,
+    work_dir,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: two spinning OpenMP threads per process on a shared 2-core machine make
+    these tiny models many times slower; results do not depend on it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    base = build_micro(root / "micro", prediction_type="v_prediction")
+    embs = {}
+    for i, concept in enumerate(("csPCa", "healthy")):
+        vec = torch.randn(3, 32, generator=torch.Generator().manual_seed(i)) * 0.5
+        emb = Embedding(f"<{concept.lower()}>", vec, {"concept": concept, "modality": "prostate_mri"})
+        embs[concept] = save_embedding(emb, root / "emb" / f"{concept}.safetensors")
+    return {"root": root, "base": base, "embs": embs}
+
+
+def _spec(env, path, **over):
+    spec = {
+        "base": str(env["base"]),
+        "embeddings": ["emb/csPCa.safetensors", "emb/healthy.safetensors"],
+        "modality": "prostate_mri",
+        "findings": ["csPCa"],
+        "seed": 100,
+        "sampler": {"scheduler": "euler_a", "steps": 2, "guidance": 4.0, "batch": 3, "negative": "blurry image"},
+        "classes": [
+            {"name": "pos", "prompt": "axial prostate mri, csPCa", "count": 4, "labels": {"csPCa": 1}},
+            {"name": "neg", "prompt": "healthy:0.7 AND csPCa:0.3", "count": 3, "labels": {"csPCa": 0}},
+        ],
+    }
+    spec.update(over)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _files(d):
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_interrupted_dataset_run_resumes_to_identical_files_that_validate(env, tmp_path):
+    spec = _spec(env, env["root"] / "spec.yaml")
+    full = synthesize(SynthesisConfig(spec=spec, out=tmp_path / "a", progress=False, validate=False))
+    assert full.n == 7 and full.generated == 7 and full.counts == {"pos": 4, "neg": 3}
+
+    out_b = tmp_path / "b"
+    with pytest.raises(SynthesisError, match="stopped after 1 chunk"):
+        synthesize(SynthesisConfig(spec=spec, out=out_b, stop_after=1, progress=False, validate=False))
+    assert not out_b.exists()  # nothing half-written where the dataset goes
+    assert len(list(work_dir(out_b).glob("chunk-*.npy"))) == 1
+    resumed = synthesize(SynthesisConfig(spec=spec, out=out_b, progress=False, validate=True))
+    assert resumed.generated == 4  # 3 images came from the interrupted run
+    assert not work_dir(out_b).exists()
+    assert _files(tmp_path / "a") == _files(out_b)  # manifest, dataset.json and every image
+
+    res = validate_dataset(ValidateConfig(dataset=out_b, report=tmp_path / "report", data_docs=False))
+    assert res.ok, [str(f) for f in res.failures]
+    rows = read_manifest(out_b)
+    assert [r["csPCa"] for r in rows] == ["1"] * 4 + ["0"] * 3
+    assert {r["source"] for r in rows} == {"synthetic"} and {r["split"] for r in rows} == {"train"}
+    assert [r["seed"] for r in rows] == [str(100 + i) for i in range(7)]
+    assert rows[0]["prompt"] == "axial prostate mri, csPCa" and rows[4]["prompt"] == "healthy:0.7 AND csPCa:0.3"
+    v_pos = load_embedding(env["embs"]["csPCa"]).version
+    v_neg = load_embedding(env["embs"]["healthy"]).version
+    assert rows[0]["embedding_version"] == f"csPCa:{v_pos}"
+    assert rows[4]["embedding_version"] == f"healthy:{v_neg};csPCa:{v_pos}"
+    assert len({r["patient_id"] for r in rows}) == 7 and all(r["patient_id"].startswith("SYN-") for r in rows)
+    info = json.loads((out_b / "dataset.json").read_text())
+    assert info["source"] == "synthetic" and info["image_size"] == [32, 32]
+    assert info["extra"]["synthesis"]["scheduler"] == "euler_a"
+
+
+def test_resume_refuses_other_settings_and_restart_discards(env, tmp_path):
+    spec = _spec(env, tmp_path / "spec.yaml")
+    for e in ("csPCa", "healthy"):
+        (tmp_path / "emb").mkdir(exist_ok=True)
+        (tmp_path / "emb" / f"{e}.safetensors").write_bytes(env["embs"][e].read_bytes())
+    out = tmp_path / "ds"
+    with pytest.raises(SynthesisError, match="stopped"):
+        synthesize(SynthesisConfig(spec=spec, out=out, stop_after=1, progress=False, validate=False))
+    _spec(env, spec, seed=5)
+    with pytest.raises(SynthesisError, match="--restart"):
+        synthesize(SynthesisConfig(spec=spec, out=out, progress=False, validate=False))
+    res = synthesize(SynthesisConfig(spec=spec, out=out, restart=True, progress=False, validate=False))
+    assert res.generated == 7 and read_manifest(out)[0]["seed"] == "5"
+    with pytest.raises(SynthesisError, match="already exists"):
+        synthesize(SynthesisConfig(spec=spec, out=out, progress=False, validate=False))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sampelr": {}}, "unknown key 'sampelr' .*did you mean 'sampler'"),
+        ({"base": None}, "base: must be a non-empty string"),
+        ({"classes": [{"prompt": "csPCa", "count": -3, "labels": {"csPCa": 1}}]}, r"classes\[0\] \(class0\).count: must be an integer >= 1, got -3"),
+        ({"classes": [{"prompt": "csPCa", "count": 2, "labels": {}}]}, r"classes\[0\] \(class0\).labels: missing a value for finding\(s\) \['csPCa'\]"),
+        ({"classes": [{"prompt": "csPCa", "count": 2, "labels": {"csPCa": 2}}]}, r"labels.csPCa: must be 0 or 1"),
+        ({"sampler": {"scheduler": "heun"}}, "sampler.scheduler 'heun'"),
+        ({"embeddings": ["emb/missing.safetensors"]}, r"embeddings\[0\] 'emb/missing.safetensors': file not found"),
+        ({"classes": [{"name": "p", "prompt": "pneumonia", "count": 1, "labels": {"csPCa": 1}}]}, r"classes\[0\] \(p\).prompt: .*unknown concept 'pneumonia'"),
+    ],
+)
+def test_bad_spec_names_the_key(env, tmp_path, change, message):
+    spec = _spec(env, env["root"] / f"bad-{abs(hash(message)) % 10**6}.yaml", **change)
+    with pytest.raises(SynthesisError, match=message):
+        synthesize(SynthesisConfig(spec=spec, out=tmp_path / "x", progress=False, validate=False))
+    assert not (tmp_path / "x").exists()
+
+
+def test_spec_defaults(env):
+    spec = load_spec(_spec(env, env["root"] / "defaults.yaml"))
+    assert spec.channels == ["T2W", "ADC", "DWI"] and spec.split == "train" and spec.total == 7
+    assert spec.name == "synthetic-prostate_mri" and spec.sampler.max_rows == 64
+    assert isinstance(SynthesisError("x"), DatasetError)
+
+
+# ----------------------------------------------------------------------------- CLI
+def _common(env):
+    return ["--base", str(env["base"]), "--steps", "2", "--guidance", "3", "--scheduler", "ddim"]
+
+
+def test_cli_generate_writes_images_grid_and_manifest(env, tmp_path):
+    out = tmp_path / "gen"
+    r = CliRunner().invoke(
+        app,
+        ["synth", "generate", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), str(env["embs"]["healthy"]),
+         "--prompt", "csPCa:30% AND healthy:70%", "--negative", "blurry image", "--n", "3", "--seed", "7", "--out", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    assert [r_["seed"] for r_ in rows] == ["7", "8", "9"]
+    assert rows[0]["prompt"] == "csPCa:0.3 AND healthy:0.7"
+    v = {k: load_embedding(p).version for k, p in env["embs"].items()}
+    assert rows[0]["embedding_version"] == f"csPCa:{v['csPCa']};healthy:{v['healthy']}"
+    assert (out / "grid.png").exists() and len(list((out / "images").glob("*.png"))) == 3
+
+
+def test_cli_interpolate_writes_one_strip_per_seed(env, tmp_path):
+    out = tmp_path / "interp"
+    r = CliRunner().invoke(
+        app,
+        ["synth", "interpolate", *_common(env), "--embeddings", str(env["embs"]["healthy"]),
+         "--embeddings", str(env["embs"]["csPCa"]), "--from", "healthy", "--to", "csPCa", "--weights", "0,0.5,1",
+         "--seed", "3", "--n-seeds", "2", "--out", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.glob("strip-*.png")) == ["strip-seed3.png", "strip-seed4.png"]
+    meta = json.loads((out / "interpolation.json").read_text())
+    assert meta["prompts"] == ["healthy AND csPCa:0", "healthy:0.5 AND csPCa:0.5", "healthy:0 AND csPCa"]
+    strip = load_image(out / "strip-seed3.png")
+    assert strip.shape[1] > 3 * strip.shape[0] // 2  # a horizontal strip of 3 images
+    bad = CliRunner().invoke(app, ["synth", "interpolate", *_common(env), "--from", "a", "--to", "b", "--weights", "0,x", "--out", str(out)])
+    assert bad.exit_code != 0 and "'x' is not a number" in bad.output
+
+
+def test_cli_inpaint_keeps_pixels_outside_the_mask(env, tmp_path):
+    rng = np.random.default_rng(1)
+    img = (rng.random((32, 32, 3)) * 100 + 50).astype(np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[10:20, 12:22] = 255
+    (tmp_path / "img.png").write_bytes(encode_png(img))
+    (tmp_path / "mask.png").write_bytes(encode_png(mask))
+    out = tmp_path / "out.png"
+    r = CliRunner().invoke(
+        app,
+        ["synth", "inpaint", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), "--image", str(tmp_path / "img.png"),
+         "--mask", str(tmp_path / "mask.png"), "--prompt", "csPCa", "--strength", "0.9", "--out", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    new = load_image(out)
+    m = mask > 0
+    assert np.array_equal(new[~m], img[~m]) and not np.array_equal(new[m], img[m])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(encode_png(np.zeros((32, 32), np.uint8)))
+    bad = CliRunner().invoke(
+        app, ["synth", "inpaint", *_common(env), "--image", str(tmp_path / "img.png"), "--mask", str(empty),
+              "--prompt", "x", "--out", str(tmp_path / "o2.png")],
+    )
+    assert bad.exit_code == 1 and "empty" in bad.output and not (tmp_path / "o2.png").exists()
+
+
+def test_cli_dataset_and_bad_spec(env, tmp_path):
+    spec = _spec(env, env["root"] / "cli.yaml")
+    r = CliRunner().invoke(app, ["synth", "dataset", "--spec", str(spec), "--out", str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.output
+    assert "7 images" in r.output and len(read_manifest(tmp_path / "ds")) == 7
+    bad = _spec(env, env["root"] / "cli-bad.yaml", classes=[{"prompt": "csPCa", "cnt": 1}])
+    r = CliRunner().invoke(app, ["synth", "dataset", "--spec", str(bad), "--out", str(tmp_path / "ds2")])
+    assert r.exit_code == 1 and "unknown key 'cnt'" in r.output
