@@ -1,8 +1,9 @@
 """Synthesis science checks on the trained tiny base: interpolation, composition, inpainting.
 
 Trains four textual-inversion embeddings itself (prostate phantoms: `csPCa` from csPCa=1 cases,
-`healthy` from csPCa=0 cases; CXR phantoms: `pleural_effusion` from pleural_effusion=1 cases,
-`pneumonia` from pneumonia=1 cases), then measures with the phantom reference scorers (pixels only):
+`healthy` from csPCa=0 cases; CXR phantoms: `pleural_effusion` from pleural_effusion=1,pneumonia=0 cases,
+`pneumonia` from pneumonia=1,pleural_effusion=0 cases - each finding learned where it appears alone,
+`--no-isolate` for the plain finding=1 selection), then measures with the phantom reference scorers (pixels only):
 
 1. Interpolation ``healthy:(1-w) AND csPCa:w`` over w = 0, .25, .5, .75, 1 with fixed noise per
    seed: the mean lesion score over the seeds should rise monotonically with w (Spearman rho >= 0.9).
@@ -96,6 +97,10 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="keep the embeddings in this dir")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument(
+        "--no-isolate", dest="isolate", action="store_false",
+        help="train each CXR finding from all its positive cases (about half also show the other finding)",
+    )
     args = ap.parse_args()
 
     import numpy as np
@@ -124,11 +129,15 @@ def main() -> None:
                  "(`medti base build tiny`, ~16 min) or set MEDTI_CACHE")
     t_all = time.time()
     secs: dict[str, float] = {}
+    n_phantoms = {"prostate": 600, "cxr": 1200 if args.isolate else 600}
+    eff_where = "pleural_effusion=1,pneumonia=0" if args.isolate else "pleural_effusion=1"
+    pna_where = "pneumonia=1,pleural_effusion=0" if args.isolate else "pneumonia=1"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t = time.time()
         data = {
-            kind: generate_phantoms(PhantomConfig(kind=kind, out=tmp / kind, n=600, seed=args.seed)).out
+            # isolated CXR concepts need ~4x the phantoms for 100 training cases each
+            kind: generate_phantoms(PhantomConfig(kind=kind, out=tmp / kind, n=n_phantoms[kind], seed=args.seed)).out
             for kind in ("prostate", "cxr")
         }
         secs["phantoms"] = time.time() - t
@@ -137,8 +146,8 @@ def main() -> None:
         plan = [
             ("csPCa", "prostate", "csPCa=1", "mri"),
             ("healthy", "prostate", "csPCa=0", "mri"),
-            ("pleural_effusion", "cxr", "pleural_effusion=1", "chest x-ray"),
-            ("pneumonia", "cxr", "pneumonia=1", "chest x-ray"),
+            ("pleural_effusion", "cxr", eff_where, "chest x-ray"),
+            ("pneumonia", "cxr", pna_where, "chest x-ray"),
         ]
         res = {}
         for concept, kind, where, init in plan:
@@ -201,13 +210,12 @@ def main() -> None:
     wcols = " | ".join(f"w={w:g}" for w in WEIGHTS)
     body = f"""## Synthesis: interpolation, composition, inpainting (tiny base)
 
-`MEDTI_CACHE=... python experiments/synthesis_science.py --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --threads {args.threads}' if args.threads else ''}`
+`python experiments/synthesis_science.py{'' if args.isolate else ' --no-isolate'} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --threads {args.threads}' if args.threads else ''}`
 on {machine()}; {total / 60:.1f} min in all.
 
 Embeddings (textual inversion, {args.vectors} vectors, {args.steps} steps at batch {args.batch}, lr {args.lr}, first 100
-matching training cases of 600 phantoms per kind, seed {args.seed}): `csPCa` (csPCa=1), `healthy` (csPCa=0),
-`pleural_effusion` (pleural_effusion=1), `pneumonia` (pneumonia=1; the CXR findings are independent, so each CXR training
-set also holds the other finding in about half its cases). Final losses and training times: {ti_rows}.
+matching training cases of {n_phantoms['prostate']} prostate / {n_phantoms['cxr']} CXR phantoms, seed {args.seed}): `csPCa` (csPCa=1), `healthy` (csPCa=0),
+`pleural_effusion` ({eff_where}), `pneumonia` ({pna_where}){'' if args.isolate else '; the CXR findings are independent, so each CXR training set also holds the other finding in about half its cases'}. Final losses and training times: {ti_rows}.
 Sampling: {args.scheduler}, {args.sample_steps} steps; every measurement at each guidance scale listed (all reported, none
 chosen after the fact); prompts as written below (bare concept names). Scores: phantom reference scorers on the pixels,
 thresholds `FINDING_THRESHOLDS`; no seed or case was left out.
