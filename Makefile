@@ -34,7 +34,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks components pipelines
+	$(VENV)/bin/ruff check src tests benchmarks experiments
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
