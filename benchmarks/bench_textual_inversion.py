@@ -85,7 +85,7 @@ def tiny_components():
 
     if (embedded_dir("tiny") / "model_index.json").exists():
         b = load_base("tiny")
-        return dict(tokenizer=b.tokenizer, text_encoder=b.text_encoder, unet=b.unet, vae=b.vae, scheduler=b.scheduler), "tiny (trained, cached)"
+        return b.components(), "tiny (trained, cached)"
     spec = SPECS["tiny"]
     return build_components(spec, train_tokenizer(BASE_VOCAB_TEXT, spec.vocab_size)), "tiny architecture (random weights)"
 

@@ -136,21 +136,25 @@ class Base:
     def embed_dim(self) -> int:
         return int(self.text_encoder.get_input_embeddings().weight.shape[1])
 
+    def components(self) -> dict[str, Any]:
+        """The five pipeline components, keyed as StableDiffusionPipeline names them."""
+        return dict(
+            tokenizer=self.tokenizer, text_encoder=self.text_encoder, unet=self.unet, vae=self.vae, scheduler=self.scheduler
+        )
+
     def pipeline(self, **kw):
         """A diffusers StableDiffusionPipeline sharing these components."""
-        from diffusers import StableDiffusionPipeline
+        return sd_pipeline(self.components(), **kw)
 
-        return StableDiffusionPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            scheduler=self.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-            **kw,
-        )
+
+def sd_pipeline(components: dict[str, Any], **kw):
+    """StableDiffusionPipeline over ``components``, without safety checker / feature extractor
+    (medical images; nothing to download)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False, **kw
+    )
 
 
 # ----------------------------------------------------------------------------- cache
@@ -279,17 +283,13 @@ def save_pipeline_dir(components: dict[str, Any], out: Path, meta: dict[str, Any
     import shutil
     import tempfile
 
-    from diffusers import StableDiffusionPipeline
-
     from medti.data.dataset import replace_dir
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        pipe = StableDiffusionPipeline(
-            **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
+        pipe = sd_pipeline(components)
         pipe.save_pretrained(tmp, safe_serialization=True)
         if meta is not None:
             (tmp / "medti.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -415,14 +415,10 @@ def load_base(ref: str, *, device: str | None = None, dtype=None, progress: bool
     quiet_libraries()
     kind, loc = resolve_base(ref)
     path: Path | None = None
-    if kind == "embedded":
-        path = ensure_embedded(str(loc), progress=progress)
+    if kind in ("embedded", "dir"):
+        path = ensure_embedded(str(loc), progress=progress) if kind == "embedded" else Path(loc)
         pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
-        model_id = f"medti-{loc}-v{BASE_FORMAT_VERSION}"
-    elif kind == "dir":
-        path = Path(loc)
-        pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
-        model_id = path.name
+        model_id = f"medti-{loc}-v{BASE_FORMAT_VERSION}" if kind == "embedded" else path.name
     elif kind == "single_file":
         path = Path(loc)
         try:

@@ -240,7 +240,7 @@ def train_base(cfg: BaseTrainConfig) -> BaseTrainResult:
         stats.update(train_vae(comps["vae"], images, steps=vae_steps, batch=spec.vae_batch, lr=cfg.vae_lr, seed=cfg.seed, device=device, progress=cfg.progress))
     else:
         b = load_base(cfg.base, progress=cfg.progress)
-        comps = dict(tokenizer=b.tokenizer, text_encoder=b.text_encoder, vae=b.vae, unet=b.unet, scheduler=b.scheduler)
+        comps = b.components()
         size = b.image_size
         images, captions = _load_captioned(cfg.data, size)
         vae_steps = 0
