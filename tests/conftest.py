@@ -2,7 +2,21 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 # Tests never touch a hub, and never write the real site salt.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MEDTI_SALT", "test-salt-not-secret")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on a shared 2-core machine two spinning OpenMP threads
+    per process make tiny models many times slower; results do not depend on it."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

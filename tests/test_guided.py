@@ -29,14 +29,7 @@ def _emb(concept: str, seed: int, n: int = 3, dim: int = 32) -> Embedding:
 EMBS = [_emb("csPCa", 1), _emb("healthy", 2), _emb("pleural_effusion", 3, n=2)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two spinning OpenMP threads per process
-    make these tiny models many times slower; results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

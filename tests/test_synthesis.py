@@ -25,15 +25,7 @@ from medti.diffusion.synthesis import (
     work_dir,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: two spinning OpenMP threads per process on a shared 2-core machine make
-    these tiny models many times slower; results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
