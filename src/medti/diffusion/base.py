@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 EMBEDDED = ("tiny", "micro")
-BASE_FORMAT_VERSION = 2  # bump when the tiny recipe changes: the cache key includes it
+BASE_FORMAT_VERSION = 3  # bump when the tiny recipe changes: the cache key includes it
 
 
 class BaseModelError(RuntimeError):
@@ -57,6 +57,8 @@ class TinySpec:
     unet_steps: int = 0
     batch: int = 32
     vae_batch: int = 16
+    vae_crop: int | None = None  # train the VAE on random crops (fully convolutional): 4x the steps per second
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting for the UNet (Hang et al. 2023)
     seed: int = 0
 
 
@@ -74,9 +76,11 @@ SPECS: dict[str, TinySpec] = {
         text_heads=4,
         vocab_size=600,
         corpus_per_modality=1500,
-        vae_steps=600,
-        unet_steps=1400,
+        vae_steps=2400,
+        vae_crop=32,
+        unet_steps=3000,
         batch=32,
+        snr_gamma=5.0,
     ),
     # untrained plumbing configuration: 32 px images, 8x8x4 latents
     "micro": TinySpec(

@@ -35,6 +35,7 @@ class BaseTrainConfig:
     train_text_encoder: bool = False
     caption_dropout: float = 0.1
     ema_decay: float = 0.995
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting; default: the spec's (from scratch) / off
     prediction_type: str | None = None  # from scratch only; default: the spec's (v_prediction)
     seed: int = 0
     device: str | None = None
@@ -127,6 +128,18 @@ def train_vae(
     return {"vae_mse": rec, "vae_kl": kl}
 
 
+def min_snr_weights(sched, t, gamma: float):
+    """Per-sample loss weights of min-SNR-gamma (Hang et al. 2023) for timesteps ``t``: the
+    epsilon-loss weight min(SNR, gamma) / SNR, expressed for the model's target (a v-prediction
+    loss already carries a factor SNR + 1, so its weight is min(SNR, gamma) / (SNR + 1))."""
+    import torch
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(sched, t)
+    denom = snr + 1 if sched.config.prediction_type == "v_prediction" else snr
+    return torch.clamp(snr, max=gamma) / denom
+
+
 def train_unet(
     unet,
     text_encoder,
@@ -145,8 +158,13 @@ def train_unet(
     train_text_encoder: bool,
     ema_decay: float,
     progress: bool,
+    snr_gamma: float | None = None,
 ) -> dict[str, float]:
-    """Denoising training on cached (scaled) latent posteriors; EMA weights copied in at the end."""
+    """Denoising training on cached (scaled) latent posteriors; EMA weights copied in at the end.
+
+    ``snr_gamma``: min-SNR-gamma weighting (Hang et al. 2023), which stops the many easy low-noise
+    timesteps from dominating the gradient; it converges several times faster at the same cost.
+    """
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
@@ -188,7 +206,11 @@ def train_unet(
         target = sched.get_velocity(lat, noise, t) if sched.config.prediction_type == "v_prediction" else noise
         cond = cached[ci.to(device)] if cached is not None else text_encoder(ids[ci].to(device))[0]
         pred = unet(noisy, t, cond).sample
-        loss = F.mse_loss(pred, target)
+        if snr_gamma:
+            w = min_snr_weights(sched, t, snr_gamma)
+            loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
+        else:
+            loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -237,7 +259,13 @@ def train_base(cfg: BaseTrainConfig) -> BaseTrainResult:
         vae_steps = cfg.vae_steps if cfg.vae_steps is not None else spec.vae_steps
         unet_steps = cfg.steps if cfg.steps is not None else spec.unet_steps
         batch = cfg.batch or spec.batch
-        stats.update(train_vae(comps["vae"], images, steps=vae_steps, batch=spec.vae_batch, lr=cfg.vae_lr, seed=cfg.seed, device=device, progress=cfg.progress))
+        snr_gamma = cfg.snr_gamma if cfg.snr_gamma is not None else spec.snr_gamma
+        stats.update(
+            train_vae(
+                comps["vae"], images, steps=vae_steps, batch=spec.vae_batch, lr=cfg.vae_lr, seed=cfg.seed,
+                device=device, progress=cfg.progress, crop=spec.vae_crop,
+            )
+        )
     else:
         b = load_base(cfg.base, progress=cfg.progress)
         comps = b.components()
@@ -246,6 +274,7 @@ def train_base(cfg: BaseTrainConfig) -> BaseTrainResult:
         vae_steps = 0
         unet_steps = cfg.steps if cfg.steps is not None else 1000
         batch = cfg.batch or 4
+        snr_gamma = cfg.snr_gamma
     vae = comps["vae"].to(device)
     x = _to_tensor(images)
     mean, std = encode_latent_cache(vae, x, batch=64, device=device, progress=cfg.progress)
@@ -272,6 +301,7 @@ def train_base(cfg: BaseTrainConfig) -> BaseTrainResult:
             train_text_encoder=cfg.train_text_encoder,
             ema_decay=cfg.ema_decay,
             progress=cfg.progress,
+            snr_gamma=snr_gamma,
         )
     )
     for k in ("vae", "unet", "text_encoder"):
