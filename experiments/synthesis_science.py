@@ -1,14 +1,19 @@
 """Synthesis science checks on the trained tiny base: interpolation, composition, inpainting.
 
 Trains four textual-inversion embeddings itself (prostate phantoms: `csPCa` from csPCa=1 cases,
-`healthy` from csPCa=0 cases; CXR phantoms: `pleural_effusion` from pleural_effusion=1,pneumonia=0 cases,
-`pneumonia` from pneumonia=1,pleural_effusion=0 cases - each finding learned where it appears alone,
-`--no-isolate` for the plain finding=1 selection), then measures with the phantom reference scorers (pixels only):
+`healthy` from csPCa=0 cases; CXR phantoms with each finding at ``--cxr-prevalence`` (default 0.25, so the
+findings co-occur in a minority of cases, as in CheXpert): `pleural_effusion` from its positive cases,
+`pneumonia` from its positive cases; ``--isolate`` learns each CXR finding only where the other is absent),
+then measures with the phantom reference scorers (pixels only):
 
 1. Interpolation ``healthy:(1-w) AND csPCa:w`` over w = 0, .25, .5, .75, 1 with fixed noise per
    seed: the mean lesion score over the seeds should rise monotonically with w (Spearman rho >= 0.9).
 2. Composition on CXR: ``pleural_effusion AND pneumonia`` images should show both findings (both
-   scores above FINDING_THRESHOLDS) at least twice as often as images of either single prompt.
+   scores above FINDING_THRESHOLDS) at least twice as often as images of either single prompt.  Every
+   prompt is sampled with the same negative prompt, ``--comp-negative`` (default: the plain modality
+   caption ``frontal chest radiograph``), which replaces the unconditional branch: each concept's guidance
+   term is then the finding alone, not "a chest radiograph with the finding", so two terms do not push
+   the modality twice.  ``--comp-negative ''`` measures with the empty unconditional branch.
 3. Inpainting a lesion into healthy prostate phantoms (a lesion-shaped region, sampled the way the
    phantom places csPCa lesions, dilated by 2 px): the lesion score inside the mask
    (``lesion_score(image, region=mask)``) should rise for >= 80 % of cases; the mean absolute
@@ -97,10 +102,13 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="keep the embeddings in this dir")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--cxr-prevalence", type=float, default=0.25, help="prevalence of each CXR finding in the phantoms")
     ap.add_argument(
-        "--no-isolate", dest="isolate", action="store_false",
-        help="train each CXR finding from all its positive cases (about half also show the other finding)",
+        "--isolate", action="store_true",
+        help="train each CXR finding only from cases without the other finding",
     )
+    ap.add_argument("--comp-negative", default="frontal chest radiograph",
+                    help="negative prompt of every composition prompt ('' = the empty unconditional branch)")
     args = ap.parse_args()
 
     import numpy as np
@@ -129,15 +137,19 @@ def main() -> None:
                  "(`medti base build tiny`, ~16 min) or set MEDTI_CACHE")
     t_all = time.time()
     secs: dict[str, float] = {}
-    n_phantoms = {"prostate": 600, "cxr": 1200 if args.isolate else 600}
+    # enough CXR phantoms for 100 training cases per concept (34 % of cases are in the train split)
+    per_concept = args.cxr_prevalence * (1 - args.cxr_prevalence if args.isolate else 1.0)
+    n_phantoms = {"prostate": 600, "cxr": max(600, int(round(110 / (0.34 * per_concept), -2)))}
     eff_where = "pleural_effusion=1,pneumonia=0" if args.isolate else "pleural_effusion=1"
     pna_where = "pneumonia=1,pleural_effusion=0" if args.isolate else "pneumonia=1"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t = time.time()
         data = {
-            # isolated CXR concepts need ~4x the phantoms for 100 training cases each
-            kind: generate_phantoms(PhantomConfig(kind=kind, out=tmp / kind, n=n_phantoms[kind], seed=args.seed)).out
+            kind: generate_phantoms(
+                PhantomConfig(kind=kind, out=tmp / kind, n=n_phantoms[kind], seed=args.seed,
+                              positive_fraction=args.cxr_prevalence if kind == "cxr" else 0.5)
+            ).out
             for kind in ("prostate", "cxr")
         }
         secs["phantoms"] = time.time() - t
@@ -210,12 +222,12 @@ def main() -> None:
     wcols = " | ".join(f"w={w:g}" for w in WEIGHTS)
     body = f"""## Synthesis: interpolation, composition, inpainting (tiny base)
 
-`python experiments/synthesis_science.py{'' if args.isolate else ' --no-isolate'} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --threads {args.threads}' if args.threads else ''}`
+`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --threads {args.threads}' if args.threads else ''}`
 on {machine()}; {total / 60:.1f} min in all.
 
 Embeddings (textual inversion, {args.vectors} vectors, {args.steps} steps at batch {args.batch}, lr {args.lr}, first 100
 matching training cases of {n_phantoms['prostate']} prostate / {n_phantoms['cxr']} CXR phantoms, seed {args.seed}): `csPCa` (csPCa=1), `healthy` (csPCa=0),
-`pleural_effusion` ({eff_where}), `pneumonia` ({pna_where}){'' if args.isolate else '; the CXR findings are independent, so each CXR training set also holds the other finding in about half its cases'}. Final losses and training times: {ti_rows}.
+`pleural_effusion` ({eff_where}), `pneumonia` ({pna_where}); in the CXR phantoms each finding has prevalence {args.cxr_prevalence:g}, independently{'' if args.isolate else f', so each CXR training set also holds the other finding in about {args.cxr_prevalence:.0%} of its cases'}. Final losses and training times: {ti_rows}.
 Sampling: {args.scheduler}, {args.sample_steps} steps; every measurement at each guidance scale listed (all reported, none
 chosen after the fact); prompts as written below (bare concept names). Scores: phantom reference scorers on the pixels,
 thresholds `FINDING_THRESHOLDS`; no seed or case was left out.
@@ -229,7 +241,8 @@ per-seed rho: median / share of strips >= 0.9. Real test phantoms for reference:
 |---|{'---|' * len(WEIGHTS)}---|---|
 {interp_rows}
 
-**2. Composition** on CXR, {args.n_comp} images per prompt (seeds 20000.., the same for every prompt); fraction of images
+**2. Composition** on CXR, {args.n_comp} images per prompt (seeds 20000.., the same for every prompt), every prompt with the
+negative prompt {f'`{args.comp_negative}`' if args.comp_negative else '(none: the empty unconditional branch)'}; fraction of images
 with each finding present (score > threshold):
 
 | guidance | prompt | effusion | pneumonia | both | a score unmeasurable (NaN) |
@@ -284,7 +297,7 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     t = time.time()
     comp = {}
     for prompt in ("pleural_effusion", "pneumonia", "pleural_effusion AND pneumonia"):
-        imgs = sampler.sample(prompt, n=args.n_comp, seed=20_000)
+        imgs = sampler.sample(prompt, n=args.n_comp, seed=20_000, negative=args.comp_negative or None)
         sc = [cxr_scores(im) for im in imgs]
         eff = np.array([s["pleural_effusion"] > FINDING_THRESHOLDS["pleural_effusion"] for s in sc])
         pna = np.array([s["pneumonia"] > FINDING_THRESHOLDS["pneumonia"] for s in sc])

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 EMBEDDED = ("tiny", "micro")
-BASE_FORMAT_VERSION = 3  # bump when the tiny recipe changes: the cache key includes it
+BASE_FORMAT_VERSION = 2  # bump when the tiny recipe changes: the cache key includes it
 
 
 class BaseModelError(RuntimeError):
@@ -58,6 +58,7 @@ class TinySpec:
     batch: int = 32
     vae_batch: int = 16
     vae_crop: int | None = None  # train the VAE on random crops (fully convolutional): 4x the steps per second
+    vae_finish_steps: int = 0  # then this many whole-image steps (GroupNorm/attention see the full size again)
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting for the UNet (Hang et al. 2023)
     seed: int = 0
 
@@ -76,11 +77,12 @@ SPECS: dict[str, TinySpec] = {
         text_heads=4,
         vocab_size=600,
         corpus_per_modality=1500,
-        vae_steps=2400,
-        vae_crop=32,
-        unet_steps=3000,
+        vae_steps=600,
+        unet_steps=1400,
         batch=32,
-        snr_gamma=5.0,
+        # tiny-v3 (vae_steps=2400, vae_crop=32, unet_steps=3000, snr_gamma=5.0) keeps prostate lesions through
+        # the VAE and passes the synthesis checks, but its <healthy> embedding no longer suppresses lesions
+        # (TI AUC 0.62); v2 stays the default until one recipe passes both (docs/results.md).
     ),
     # untrained plumbing configuration: 32 px images, 8x8x4 latents
     "micro": TinySpec(

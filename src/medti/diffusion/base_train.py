@@ -266,6 +266,14 @@ def train_base(cfg: BaseTrainConfig) -> BaseTrainResult:
                 device=device, progress=cfg.progress, crop=spec.vae_crop,
             )
         )
+        if spec.vae_crop and spec.vae_finish_steps and cfg.vae_steps is None:
+            stats.update(
+                train_vae(
+                    comps["vae"], images, steps=spec.vae_finish_steps, batch=spec.vae_batch, lr=0.3 * cfg.vae_lr,
+                    seed=cfg.seed + 1, device=device, progress=cfg.progress,
+                )
+            )
+            vae_steps += spec.vae_finish_steps
     else:
         b = load_base(cfg.base, progress=cfg.progress)
         comps = b.components()
