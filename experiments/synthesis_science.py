@@ -19,6 +19,10 @@ then measures with the phantom reference scorers (pixels only):
    (``lesion_score(image, region=mask)``) should rise for >= 80 % of cases; the mean absolute
    change outside the mask should be <= 2/255.
 
+Prompts name each concept inside its modality caption (``--template modality``, the default:
+``axial prostate mri, csPCa``, the wording textual inversion samples with); ``--template bare`` uses the
+concept name alone.
+
 Every measurement runs at each guidance scale of ``--guidance`` (default 3 - the textual inversion
 experiment's - and 7.5 - the sampler's default); all are reported, none is picked.
 
@@ -106,6 +110,11 @@ def main() -> None:
     ap.add_argument(
         "--isolate", action="store_true",
         help="train each CXR finding only from cases without the other finding",
+    )
+    ap.add_argument(
+        "--template", choices=("modality", "bare"), default="modality",
+        help="prompt wording: 'modality' writes each concept in its modality's caption as textual inversion "
+        "samples it (`axial prostate mri, csPCa`, `frontal chest x-ray, pneumonia`); 'bare': the concept name alone",
     )
     ap.add_argument("--comp-negative", default="frontal chest radiograph",
                     help="negative prompt of every composition prompt ('' = the empty unconditional branch)")
@@ -220,16 +229,22 @@ def main() -> None:
         f"inpainting {r['secs'][2]:.0f} s" for r in runs
     )
     wcols = " | ".join(f"w={w:g}" for w in WEIGHTS)
+    mri, cxr = (wording(args.template, m) for m in ("prostate_mri", "cxr"))
+    wording_note = (
+        "prompts below name the concepts bare" if args.template == "bare" else
+        f"each concept below is written in its modality caption, as textual inversion samples it: `{mri('csPCa')}`, "
+        f"`{cxr('pneumonia')}`; `a AND b` stands for `{cxr('a')} AND {cxr('b')}`"
+    )
     body = f"""## Synthesis: interpolation, composition, inpainting (tiny base)
 
-`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --threads {args.threads}' if args.threads else ''}`
+`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --threads {args.threads}' if args.threads else ''}`
 on {machine()}; {total / 60:.1f} min in all.
 
 Embeddings (textual inversion, {args.vectors} vectors, {args.steps} steps at batch {args.batch}, lr {args.lr}, first 100
 matching training cases of {n_phantoms['prostate']} prostate / {n_phantoms['cxr']} CXR phantoms, seed {args.seed}): `csPCa` (csPCa=1), `healthy` (csPCa=0),
 `pleural_effusion` ({eff_where}), `pneumonia` ({pna_where}); in the CXR phantoms each finding has prevalence {args.cxr_prevalence:g}, independently{'' if args.isolate else f', so each CXR training set also holds the other finding in about {args.cxr_prevalence:.0%} of its cases'}. Final losses and training times: {ti_rows}.
 Sampling: {args.scheduler}, {args.sample_steps} steps; every measurement at each guidance scale listed (all reported, none
-chosen after the fact); prompts as written below (bare concept names). Scores: phantom reference scorers on the pixels,
+chosen after the fact); {wording_note}. Scores: phantom reference scorers on the pixels,
 thresholds `FINDING_THRESHOLDS`; no seed or case was left out.
 
 **1. Interpolation** `healthy:(1-w) AND csPCa:w`, {args.seeds} seeds (10000..), the same initial noise along each strip.
@@ -267,6 +282,15 @@ Time: phantoms {secs['phantoms']:.0f} s; {times}.
         write_section("synthesis", body, doc=RESULTS)
 
 
+def wording(template: str, modality: str):
+    """concept name -> prompt text: bare, or in the modality caption textual inversion samples with
+    (``TEMPLATES[modality][1]``, as ``experiments/ti_lesion_auc.py`` and ``medti embed`` samples do)."""
+    from medti.diffusion.textual_inversion import TEMPLATES
+
+    tmpl = "{}" if template == "bare" else TEMPLATES[modality][1]
+    return tmpl.format
+
+
 def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dict:
     """All three measurements at guidance ``g``; figures written to ``img_dir``."""
     import numpy as np
@@ -277,13 +301,14 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     from medti.diffusion.sampling import grid_image, save_grid
 
     sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=args.sample_steps, guidance=g, batch=16)
+    mri, cxr = (wording(args.template, m) for m in ("prostate_mri", "cxr"))
     tag = f"g{g:g}".replace(".", "_")
     figs = [f"synthesis_interpolation_{tag}.png", f"synthesis_composition_{tag}.png", f"synthesis_inpainting_{tag}.png"]
     t_run = []
 
     # 1. interpolation
     t = time.time()
-    strips = sampler.interpolate("healthy", "csPCa", WEIGHTS, list(range(10_000, 10_000 + args.seeds)))
+    strips = sampler.interpolate(mri("healthy"), mri("csPCa"), WEIGHTS, list(range(10_000, 10_000 + args.seeds)))
     t_run.append(time.time() - t)
     les = np.array([[lesion_score(im) for im in strip] for strip in strips])  # [seeds, weights]
     means = les.mean(axis=0)
@@ -297,7 +322,7 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     t = time.time()
     comp = {}
     for prompt in ("pleural_effusion", "pneumonia", "pleural_effusion AND pneumonia"):
-        imgs = sampler.sample(prompt, n=args.n_comp, seed=20_000, negative=args.comp_negative or None)
+        imgs = sampler.sample(" AND ".join(cxr(c) for c in prompt.split(" AND ")), n=args.n_comp, seed=20_000, negative=args.comp_negative or None)
         sc = [cxr_scores(im) for im in imgs]
         eff = np.array([s["pleural_effusion"] > FINDING_THRESHOLDS["pleural_effusion"] for s in sc])
         pna = np.array([s["pneumonia"] > FINDING_THRESHOLDS["pneumonia"] for s in sc])
@@ -314,7 +339,7 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     t = time.time()
     before, after, ref, out_change, in_change, shown = [], [], [], [], [], []
     for i, (img, mask, diseased) in enumerate(cases):
-        new = sampler.inpaint(img, mask, "csPCa", n=1, seed=30_000 + i, strength=args.strength)[0]
+        new = sampler.inpaint(img, mask, mri("csPCa"), n=1, seed=30_000 + i, strength=args.strength)[0]
         before.append(lesion_score(img, region=mask))
         after.append(lesion_score(new, region=mask))
         ref.append(lesion_score(diseased, region=mask))

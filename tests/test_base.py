@@ -108,3 +108,34 @@ def test_vae_trained_on_crops_reconstructs_whole_images_better(corpus):
     assert vae.decode(vae.encode(x[:1]).latent_dist.mean).sample.shape == (1, 3, 32, 32)
     assert err() < 0.8 * before, (before, err())
     assert np.isfinite(err())
+
+
+def test_decoder_only_finetune_keeps_the_latent_space_and_improves_reconstruction(corpus):
+    """The tiny recipe's last VAE phase fine-tunes the decoder alone: the encoder (so every latent
+    a UNet was trained on, and every embedding learned through it) must be bit-identical, and the
+    decoder must reconstruct better than the one it started from."""
+    from medti.diffusion.base import SPECS, build_components, train_tokenizer
+    from medti.diffusion.base_train import _load_captioned, _to_tensor, train_vae
+
+    images, caps = _load_captioned([corpus], 32)
+    vae = build_components(SPECS["micro"], train_tokenizer(caps, 300), seed=0)["vae"]
+    train_vae(vae, images, steps=20, batch=8, lr=3e-3, seed=0, device="cpu", progress=False)
+    x = _to_tensor(images)
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mean
+    enc = {k: v.clone() for k, v in vae.state_dict().items() if not k.startswith(("decoder.", "post_quant_conv."))}
+
+    def err() -> float:
+        with torch.no_grad():
+            return float((vae.decode(z).sample - x).abs().mean())
+
+    before = err()
+    stats = train_vae(
+        vae, images, steps=100, batch=8, lr=3e-3, seed=1, device="cpu", progress=False, crop=16, decoder_only=True
+    )
+    after = vae.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in enc.items())
+    with torch.no_grad():
+        assert torch.equal(vae.encode(x).latent_dist.mean, z)
+    assert err() < 0.85 * before, (before, err())
+    assert set(stats) == {"decoder_mse"}

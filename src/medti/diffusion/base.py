@@ -60,6 +60,9 @@ class TinySpec:
     vae_crop: int | None = None  # train the VAE on random crops (fully convolutional): 4x the steps per second
     vae_finish_steps: int = 0  # then this many whole-image steps (GroupNorm/attention see the full size again)
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting for the UNet (Hang et al. 2023)
+    decoder_steps: int = 0  # then fine-tune the decoder alone (latent space frozen) on decoder_crop patches
+    decoder_crop: int | None = 32
+    decoder_finish_steps: int = 0  # and this many decoder-only steps on whole images
     seed: int = 0
 
 
@@ -80,9 +83,12 @@ SPECS: dict[str, TinySpec] = {
         vae_steps=600,
         unet_steps=1400,
         batch=32,
-        # tiny-v3 (vae_steps=2400, vae_crop=32, unet_steps=3000, snr_gamma=5.0) keeps prostate lesions through
-        # the VAE and passes the synthesis checks, but its <healthy> embedding no longer suppresses lesions
-        # (TI AUC 0.62); v2 stays the default until one recipe passes both (docs/results.md).
+        # Measured alternatives (docs/results.md, synthesis-history), none made the default yet:
+        # - tiny-v3 (vae_steps=2400, vae_crop=32, unet_steps=3000, snr_gamma=5.0): lesions survive the VAE and the
+        #   synthesis checks pass, but <csPCa> vs <healthy> textual inversion falls to AUC 0.62;
+        # - v2 + decoder_steps=2000, decoder_crop=32, decoder_finish_steps=300 (the latent space is kept): the VAE
+        #   round trip keeps lesions (AUC 0.99); TI AUC 0.90 on this cache's v2 UNet, but 0.73 on a fresh build of
+        #   the same recipe, whose UNet trained to different weights.
     ),
     # untrained plumbing configuration: 32 px images, 8x8x4 latents
     "micro": TinySpec(

@@ -86,37 +86,80 @@ def _to_tensor(arr):
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def one_cycle(opt, lr: float, steps: int):
+    """OneCycleLR with 5 % warm-up.  torch divides by (pct_start * steps - 1), so at exactly 20 steps
+    0.05 would crash with ZeroDivisionError; 4 % is used there instead."""
+    import torch
+
+    pct = 0.04 if round(0.05 * steps, 9) == 1 else 0.05
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct)
+
+
 def train_vae(
-    vae, images, *, steps: int, batch: int, lr: float, seed: int, device, progress: bool, crop: int | None = None
+    vae,
+    images,
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    device,
+    progress: bool,
+    crop: int | None = None,
+    decoder_only: bool = False,
 ) -> dict[str, float]:
     """L1 + MSE reconstruction + a small KL; returns final losses. ``images``: uint8 [N,H,W,3].
 
     ``crop``: train on random ``crop x crop`` patches (the VAE is fully convolutional), which
     costs a quarter per sample at half the size and lets many more steps fit in the budget.
+
+    ``decoder_only``: freeze the encoder, so the latent space (and a UNet trained on it, and every
+    embedding learned through it) stays valid, and fine-tune the decoder on the posteriors of the
+    whole images (cropped together with the pixels when ``crop``).  This is how Stability made the
+    ft-EMA / ft-MSE decoders for SD's VAE; in the tiny base it is what brings small lesions back.
     """
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    vae.train().requires_grad_(True).to(device)
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    gen = torch.Generator().manual_seed(seed)
+    from medti.diffusion.textual_inversion import encode_latent_cache
+
+    vae.to(device)
+    f = 2 ** (len(vae.config.block_out_channels) - 1)  # pixels per latent
     x_all = _to_tensor(images)
+    if decoder_only:
+        vae.eval().requires_grad_(False)
+        post_mean, post_std = encode_latent_cache(vae, x_all, batch=64, device=device)
+        trained = [vae.decoder, vae.post_quant_conv]
+    else:
+        trained = [vae]
+    for m in trained:
+        m.train().requires_grad_(True)
+    params = [p for m in trained for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = one_cycle(opt, lr, steps)
+    gen = torch.Generator().manual_seed(seed)
     rec = kl = float("nan")
-    bar = tqdm(range(steps), desc="train VAE", disable=not progress)
+    bar = tqdm(range(steps), desc="train VAE decoder" if decoder_only else "train VAE", disable=not progress)
     for _ in bar:
         idx = torch.randint(0, len(x_all), (batch,), generator=gen)
         x = x_all[idx]
+        lat = (post_mean[idx], post_std[idx]) if decoder_only else ()
         if crop and crop < x.shape[-1]:
-            oy, ox = (int(v) for v in torch.randint(0, (x.shape[-1] - crop) // 4 + 1, (2,), generator=gen) * 4)
+            oy, ox = (int(v) for v in torch.randint(0, (x.shape[-1] - crop) // f + 1, (2,), generator=gen) * f)
             x = x[..., oy : oy + crop, ox : ox + crop]
+            lat = tuple(a[..., oy // f : (oy + crop) // f, ox // f : (ox + crop) // f] for a in lat)
         x = x.to(device)
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)
+        if decoder_only:
+            mean, std = (a.to(device) for a in lat)
+            z = mean + std * torch.randn(mean.shape, generator=gen).to(device)
+            loss_kl = torch.zeros((), device=device)
+        else:
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)
+            loss_kl = post.kl().mean() / z[0].numel()
         y = vae.decode(z).sample
         loss_rec = F.mse_loss(y, x) + F.l1_loss(y, x)
-        loss_kl = post.kl().mean() / z[0].numel()
         loss = loss_rec + 1e-4 * loss_kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -125,7 +168,7 @@ def train_vae(
         rec, kl = float(loss_rec.detach()), float(loss_kl.detach())
         bar.set_postfix(mse=f"{rec:.4f}")
     vae.eval().requires_grad_(False)
-    return {"vae_mse": rec, "vae_kl": kl}
+    return {"vae_mse": rec, "vae_kl": kl} if not decoder_only else {"decoder_mse": rec}
 
 
 def min_snr_weights(sched, t, gamma: float):
@@ -189,7 +232,7 @@ def train_unet(
         with torch.no_grad():
             cached = torch.cat([text_encoder(ids[i : i + 64].to(device))[0] for i in range(0, len(ids), 64)])
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    lr_s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    lr_s = one_cycle(opt, lr, steps)
     ema = EMAModel(unet.parameters(), decay=ema_decay)
     gen = torch.Generator().manual_seed(seed)
     loss_v = float("nan")
@@ -260,20 +303,25 @@ def train_base(cfg: BaseTrainConfig) -> BaseTrainResult:
         unet_steps = cfg.steps if cfg.steps is not None else spec.unet_steps
         batch = cfg.batch or spec.batch
         snr_gamma = cfg.snr_gamma if cfg.snr_gamma is not None else spec.snr_gamma
-        stats.update(
-            train_vae(
-                comps["vae"], images, steps=vae_steps, batch=spec.vae_batch, lr=cfg.vae_lr, seed=cfg.seed,
-                device=device, progress=cfg.progress, crop=spec.vae_crop,
-            )
-        )
-        if spec.vae_crop and spec.vae_finish_steps and cfg.vae_steps is None:
-            stats.update(
-                train_vae(
-                    comps["vae"], images, steps=spec.vae_finish_steps, batch=spec.vae_batch, lr=0.3 * cfg.vae_lr,
-                    seed=cfg.seed + 1, device=device, progress=cfg.progress,
+        # VAE phases: (steps, crop, decoder only, lr factor); with --vae-steps only the first
+        phases = [(vae_steps, spec.vae_crop, False, 1.0)]
+        if cfg.vae_steps is None:
+            if spec.vae_crop and spec.vae_finish_steps:
+                phases.append((spec.vae_finish_steps, None, False, 0.3))
+            if spec.decoder_steps:
+                phases.append((spec.decoder_steps, spec.decoder_crop, True, 1.0))
+            if spec.decoder_finish_steps:
+                phases.append((spec.decoder_finish_steps, None, True, 0.3))
+        for k, (n, crop, decoder_only, lr_factor) in enumerate(phases):
+            if n:
+                stats.update(
+                    train_vae(
+                        comps["vae"], images, steps=n, batch=spec.vae_batch, lr=lr_factor * cfg.vae_lr,
+                        seed=cfg.seed + k, device=device, progress=cfg.progress, crop=crop, decoder_only=decoder_only,
+                    )
                 )
-            )
-            vae_steps += spec.vae_finish_steps
+        stats["vae_phases"] = [list(ph) for ph in phases]
+        vae_steps = sum(ph[0] for ph in phases)
     else:
         b = load_base(cfg.base, progress=cfg.progress)
         comps = b.components()
