@@ -229,7 +229,7 @@ def main() -> None:
         f"inpainting {r['secs'][2]:.0f} s" for r in runs
     )
     wcols = " | ".join(f"w={w:g}" for w in WEIGHTS)
-    mri, cxr = (wording(args.template, m) for m in ("prostate_mri", "cxr"))
+    mri, cxr = wordings(args.template)
     wording_note = (
         "prompts below name the concepts bare" if args.template == "bare" else
         f"each concept below is written in its modality caption, as textual inversion samples it: `{mri('csPCa')}`, "
@@ -282,13 +282,13 @@ Time: phantoms {secs['phantoms']:.0f} s; {times}.
         write_section("synthesis", body, doc=RESULTS)
 
 
-def wording(template: str, modality: str):
-    """concept name -> prompt text: bare, or in the modality caption textual inversion samples with
-    (``TEMPLATES[modality][1]``, as ``experiments/ti_lesion_auc.py`` and ``medti embed`` samples do)."""
+def wordings(template: str):
+    """(prostate, CXR) functions: concept name -> prompt text, bare or in the modality caption textual
+    inversion samples with (``TEMPLATES[modality][1]``, as ``experiments/ti_lesion_auc.py`` and
+    ``medti embed`` samples do)."""
     from medti.diffusion.textual_inversion import TEMPLATES
 
-    tmpl = "{}" if template == "bare" else TEMPLATES[modality][1]
-    return tmpl.format
+    return tuple(("{}" if template == "bare" else TEMPLATES[m][1]).format for m in ("prostate_mri", "cxr"))
 
 
 def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dict:
@@ -301,7 +301,7 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     from medti.diffusion.sampling import grid_image, save_grid
 
     sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=args.sample_steps, guidance=g, batch=16)
-    mri, cxr = (wording(args.template, m) for m in ("prostate_mri", "cxr"))
+    mri, cxr = wordings(args.template)
     tag = f"g{g:g}".replace(".", "_")
     figs = [f"synthesis_interpolation_{tag}.png", f"synthesis_composition_{tag}.png", f"synthesis_inpainting_{tag}.png"]
     t_run = []
