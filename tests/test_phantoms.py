@@ -161,6 +161,27 @@ def test_labeled_captions_use_the_small_vocabulary_and_no_diagnosis(request, whi
         assert set(re.findall(r"[a-z]+", r["caption"])) <= set(CAPTION_WORDS)
 
 
+def test_captions_name_local_structures_exactly_when_present_and_independent_of_the_label():
+    """The base learns to place focal structures from text only if captions name them when (and only when) they
+    are there; and they must not leak the label, or the captions would name the finding by proxy."""
+    rng = np.random.default_rng(11)
+    mentions = {True: [], False: []}
+    for i in range(400):
+        positive = bool(i % 2)
+        an = prostate.sample_anatomy(rng)
+        st = prostate.sample_study(rng, an, positive)
+        cap = prostate.caption(an, st)
+        assert ("rectal gas" in cap) == st.rectal_gas, cap
+        assert ("transition zone nodule" in cap) == (st.nodule is not None), cap
+        assert ("peripheral zone hypointensity" in cap) == (st.prostatitis is not None), cap
+        mentions[positive].append([w in cap for w in ("rectal gas", "nodule", "hypointensity")])
+        an_c = cxr.sample_anatomy(rng)
+        st_c = cxr.sample_study(rng, an_c, effusion=positive, pneumonia=positive, cardiomegaly=False)
+        assert ("gastric bubble" in cxr.caption(an_c, st_c)) == st_c.bubble
+    pos, neg = np.mean(mentions[True], axis=0), np.mean(mentions[False], axis=0)
+    assert np.all(pos > 0.15) and np.all(np.abs(pos - neg) < 0.15), (pos, neg)
+
+
 # ----------------------------------------------------------------------------------- scorers
 def test_scorers_separate_positives_from_negatives(prostate_ds, cxr_ds):
     y = [c.labels["csPCa"] for c in prostate_ds.cases()]

@@ -5,8 +5,10 @@
 B = high-b DWI; finding ``csPCa`` with a lesion mask per positive) or CheXpert chest
 radiographs (``kind="cxr"``: findings ``pleural_effusion``, ``pneumonia``, ``cardiomegaly``,
 independent, with a union mask of effusion and consolidation where present).  Every case
-has a diagnosis-free ``caption`` (anatomy and acquisition only, from a vocabulary of a few
-dozen words: ``CAPTION_WORDS``); ``unlabeled=True`` writes the same kind of images with
+has a diagnosis-free ``caption`` (anatomy, acquisition and the label-independent local
+structures a report would mention: rectal gas, a transition-zone nodule, peripheral-zone
+hypointensity, the gastric bubble; from a vocabulary of a few dozen words: ``CAPTION_WORDS``);
+``unlabeled=True`` writes the same kind of images with
 ``findings = []`` and no masks, a captioned corpus in which findings still occur at
 ``positive_fraction`` without being named.
 

@@ -212,13 +212,14 @@ def caption(an: CxrAnatomy, st: CxrStudy) -> str:
     insp = "deep" if st.dome_r > 0.44 else ("moderate" if st.dome_r > 0.41 else "shallow")
     con = "low" if st.gamma < 0.92 else ("medium" if st.gamma < 1.1 else "high")
     noi = "low" if st.noise < 0.014 else ("moderate" if st.noise < 0.024 else "high")
-    return f"frontal chest radiograph, {build} chest, {insp} inspiration, {con} contrast, {noi} noise"
+    bubble = ", gastric bubble" if st.bubble else ""  # a local structure, as in the prostate captions
+    return f"frontal chest radiograph, {build} chest, {insp} inspiration, {con} contrast, {noi} noise{bubble}"
 
 
 CAPTION_WORDS = sorted(
     set(
         "frontal chest radiograph narrow average broad deep moderate shallow inspiration low "
-        "medium high contrast noise".split()
+        "medium high contrast noise gastric bubble".split()
     )
 )
 

@@ -204,13 +204,18 @@ def caption(an: ProstateAnatomy, st: ProstateStudy) -> str:
         pos = "anterior" if dy < 0 else "posterior"
     con = "low" if st.contrast < 0.9 else ("medium" if st.contrast < 1.1 else "high")
     noi = "low" if st.noise < 0.022 else ("moderate" if st.noise < 0.04 else "high")
-    return f"axial prostate mri, {size} gland, {pos}, {con} contrast, {noi} noise"
+    # Local, label-independent structures are described too (as a report would), so that the base's
+    # cross-attention learns to place focal structures from text; textual inversion relies on that
+    # ability to express a focal finding the captions never name.
+    local = [w for w, on in (("rectal gas", st.rectal_gas), ("transition zone nodule", st.nodule is not None),
+                             ("peripheral zone hypointensity", st.prostatitis is not None)) if on]
+    return ", ".join([f"axial prostate mri, {size} gland, {pos}, {con} contrast, {noi} noise", *local])
 
 
 CAPTION_WORDS = sorted(
     set(
         "axial prostate mri small medium large gland centred left right of centre anterior "
-        "posterior low high contrast moderate noise".split()
+        "posterior low high contrast moderate noise rectal gas transition zone nodule peripheral hypointensity".split()
     )
 )
 
