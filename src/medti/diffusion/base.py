@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 EMBEDDED = ("tiny", "micro")
-BASE_FORMAT_VERSION = 2  # bump when the tiny recipe changes: the cache key includes it
+# Bump when the tiny recipe changes: the cache key includes it. 3-5 were measured candidates never shipped
+# (docs/results.md, synthesis-history); 6 = v2's recipe + decoder-only VAE fine-tune + local-structure captions.
+BASE_FORMAT_VERSION = 6
 
 
 class BaseModelError(RuntimeError):
@@ -83,12 +85,17 @@ SPECS: dict[str, TinySpec] = {
         vae_steps=600,
         unet_steps=1400,
         batch=32,
-        # Measured alternatives (docs/results.md, synthesis-history), none made the default yet:
-        # - tiny-v3 (vae_steps=2400, vae_crop=32, unet_steps=3000, snr_gamma=5.0): lesions survive the VAE and the
-        #   synthesis checks pass, but <csPCa> vs <healthy> textual inversion falls to AUC 0.62;
-        # - v2 + decoder_steps=2000, decoder_crop=32, decoder_finish_steps=300 (the latent space is kept): the VAE
-        #   round trip keeps lesions (AUC 0.99); TI AUC 0.90 on this cache's v2 UNet, but 0.73 on a fresh build of
-        #   the same recipe, whose UNet trained to different weights.
+        # Fine-tune the decoder alone after the VAE (encoder frozen, so the latent space the UNet learns is v2's
+        # smooth one): the 600-step VAE's decoder lost small lesions (round-trip lesion score 0.63 -> 0.28).
+        decoder_steps=2000,
+        decoder_crop=32,
+        decoder_finish_steps=300,
+        # Measured alternatives (docs/results.md, synthesis-history):
+        # - tiny-v3 (vae_steps=2400, vae_crop=32, unet_steps=3000, snr_gamma=5.0): lesions survive the VAE, but the
+        #   UNet draws lesion-like spots in nearly every sample and <csPCa> vs <healthy> TI falls to AUC 0.62;
+        # - this recipe with captions of global attributes only: TI AUC 0.90 on one build, 0.73 on another. The
+        #   captions now also name label-independent local structures (phantoms' caption()), which trains the
+        #   cross-attention to place focal structures; TI relies on that to express an unnamed focal finding.
     ),
     # untrained plumbing configuration: 32 px images, 8x8x4 latents
     "micro": TinySpec(
