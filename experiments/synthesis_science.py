@@ -235,7 +235,9 @@ def main() -> None:
         f"each concept below is written in its modality caption, as textual inversion samples it: `{mri('csPCa')}`, "
         f"`{cxr('pneumonia')}`; `a AND b` stands for `{cxr('a')} AND {cxr('b')}`"
     )
-    body = f"""## Synthesis: interpolation, composition, inpainting (tiny base)
+    from medti.diffusion.base import embedded_dir
+
+    body = f"""## Synthesis: interpolation, composition, inpainting (tiny base, {embedded_dir('tiny').name})
 
 `python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --threads {args.threads}' if args.threads else ''}`
 on {machine()}; {total / 60:.1f} min in all.
