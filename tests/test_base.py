@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -139,3 +141,29 @@ def test_decoder_only_finetune_keeps_the_latent_space_and_improves_reconstructio
         assert torch.equal(vae.encode(x).latent_dist.mean, z)
     assert err() < 0.85 * before, (before, err())
     assert set(stats) == {"decoder_mse"}
+
+
+def test_text_encoder_init_depends_on_token_strings_not_on_the_trainers_id_order(corpus):
+    """The tokenizers BPE trainer numbers tokens in hash-map order, which changes between processes. A rebuilt
+    base must still see the same conditioning for the same caption, or it trains to a different model."""
+    from transformers import CLIPTokenizer
+
+    from medti.diffusion.base import SPECS, build_components, train_tokenizer
+    from medti.diffusion.base_train import _load_captioned
+
+    _, caps = _load_captioned([corpus], 32)
+    tok = train_tokenizer(caps, 300)
+    vocab = tok.get_vocab()
+    # the same tokens and merges, other ids: what a trainer run in another process can hand back
+    order = sorted(vocab, key=lambda t: (-len(t), t))
+    model = json.loads(tok.backend_tokenizer.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    other = CLIPTokenizer(vocab={t: i for i, t in enumerate(order)}, merges=merges, model_max_length=77)
+    caption = caps[0]
+    assert tok(caption).input_ids != other(caption).input_ids  # the ids really differ
+    outs = []
+    for t in (tok, other):
+        te = build_components(SPECS["micro"], t, seed=0)["text_encoder"].eval()
+        with torch.no_grad():
+            outs.append(te(t(caption, return_tensors="pt").input_ids)[0])
+    assert torch.equal(outs[0], outs[1])
