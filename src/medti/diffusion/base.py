@@ -93,7 +93,8 @@ SPECS: dict[str, TinySpec] = {
         # Measured alternatives (docs/results.md, synthesis-history):
         # - tiny-v3 (vae_steps=2400, vae_crop=32, unet_steps=3000, snr_gamma=5.0): lesions survive the VAE, but the
         #   UNet draws lesion-like spots in nearly every sample and <csPCa> vs <healthy> TI falls to AUC 0.62;
-        # - this recipe with captions of global attributes only: TI AUC 0.90 on one build, 0.73 on another. The
+        # - this recipe with captions of global attributes only: TI AUC 0.90 on one build, 0.73 on another (builds
+        #   were not reproducible before _seed_token_embeddings, so each figure was one draw). The
         #   captions now also name label-independent local structures (phantoms' caption()), which trains the
         #   cross-attention to place focal structures; TI relies on that to express an unnamed focal finding.
     ),
