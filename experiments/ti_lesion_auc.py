@@ -85,8 +85,8 @@ def main() -> None:
     auc = roc_auc_score(y, np.r_[scores["csPCa"], scores["healthy"]])
     auc_contrast = roc_auc_score(y, np.r_[contrast["csPCa"], contrast["healthy"]])
     auc_real = roc_auc_score(np.r_[np.ones(len(real_pos)), np.zeros(len(real_neg))], np.r_[real_pos, real_neg])
-    img = ROOT / "docs" / "img" / "ti_samples.png"
-    save_grid(np.stack(grids), img, cols=1, scale=2)
+    if not args.no_write:  # --no-write leaves docs/ alone, the figure included
+        save_grid(np.stack(grids), ROOT / "docs" / "img" / "ti_samples.png", cols=1, scale=2)
     body = f"""## Textual inversion on prostate phantoms: csPCa vs healthy embeddings (tiny base)
 
 `python experiments/ti_lesion_auc.py --steps {args.steps} --vectors {args.vectors} --batch {args.batch} --n {args.n}`
@@ -100,7 +100,7 @@ mirrored images, frozen tiny base (fp32 on CPU). {args.n} images per embedding (
 | | value |
 |---|---|
 | **AUC, `<csPCa>` images vs `<healthy>` images (lesion score)** | **{auc:.3f}** (target >= 0.85) |
-| AUC with each embedding's images sampled with the other embedding as negative prompt (`{TEMPLATES['prostate_mri'][1].format('<healthy>')}` for `<csPCa>` and vice versa; medti's DDIM sampler) | {auc_contrast:.3f} (mean lesion score {contrast['csPCa'].mean():.3f} / {contrast['healthy'].mean():.3f}) |
+| AUC with each embedding's images sampled with the other embedding as negative prompt (`{tmpl.format('<healthy>')}` for `<csPCa>` and vice versa; medti's DDIM sampler) | {auc_contrast:.3f} (mean lesion score {contrast['csPCa'].mean():.3f} / {contrast['healthy'].mean():.3f}) |
 | same scorer on real test phantoms (csPCa=1 vs 0), for reference | {auc_real:.3f} |
 | mean lesion score: `<csPCa>` / `<healthy>` images | {scores['csPCa'].mean():.3f} / {scores['healthy'].mean():.3f} |
 | mean lesion score: real positives / negatives | {real_pos.mean():.3f} / {real_neg.mean():.3f} |
