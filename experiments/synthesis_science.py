@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument(
         "--template", choices=("modality", "bare"), default="modality",
         help="prompt wording: 'modality' writes each concept in its modality's caption as textual inversion "
-        "samples it (`axial prostate mri, csPCa`, `frontal chest x-ray, pneumonia`); 'bare': the concept name alone",
+        "samples it (`axial prostate mri, csPCa`, `frontal chest radiograph, pneumonia`); 'bare': the concept name alone",
     )
     ap.add_argument("--comp-negative", default="frontal chest radiograph",
                     help="negative prompt of every composition prompt ('' = the empty unconditional branch)")
@@ -167,8 +167,8 @@ def main() -> None:
         plan = [
             ("csPCa", "prostate", "csPCa=1", "mri"),
             ("healthy", "prostate", "csPCa=0", "mri"),
-            ("pleural_effusion", "cxr", eff_where, "chest x-ray"),
-            ("pneumonia", "cxr", pna_where, "chest x-ray"),
+            ("pleural_effusion", "cxr", eff_where, "chest radiograph"),
+            ("pneumonia", "cxr", pna_where, "chest radiograph"),
         ]
         res = {}
         for concept, kind, where, init in plan:

@@ -45,7 +45,7 @@ def main() -> None:
     build = json.loads((path / "medti.json").read_text())
     base = load_base("tiny")
     rows, grids = [], []
-    prompts = {"prostate": ("prostate_mri", "axial prostate mri"), "cxr": ("cxr", "frontal chest x-ray")}
+    prompts = {"prostate": ("prostate_mri", "axial prostate mri"), "cxr": ("cxr", "frontal chest radiograph")}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (kind, (modality, prompt)) in enumerate(prompts.items()):
             ref = generate_phantoms(PhantomConfig(kind=kind, out=Path(tmp) / kind, n=args.n, seed=4242 + i, unlabeled=True))

@@ -123,3 +123,23 @@ def test_cli_embed_train(tmp_path, bases, data):
     )
     assert r.exit_code == 0, r.output
     assert out.exists() and "<lesion>" in r.output
+
+
+@pytest.mark.parametrize("kind,modality", [("prostate", "prostate_mri"), ("cxr", "cxr")])
+def test_sampling_template_is_worded_as_the_phantom_captions(tmp_path, kind, modality):
+    """The template samples and experiments use (``TEMPLATES[m][1]``) must be the modality caption's own
+    prefix: a word no caption has (the earlier "frontal chest x-ray" against captions saying "radiograph") is
+    a direction the embedded base never learned to read, and guidance amplifies it into artefacts."""
+    import csv
+    import re
+
+    from medti.data.phantoms import PhantomConfig, generate_phantoms
+    from medti.diffusion.textual_inversion import TEMPLATES
+
+    out = generate_phantoms(PhantomConfig(kind=kind, out=tmp_path / kind, n=6, seed=3)).out
+    with open(out / "manifest.csv", newline="") as f:
+        captions = [r["caption"] for r in csv.DictReader(f)]
+    prefix = TEMPLATES[modality][1].format("").rstrip(", ")
+    assert captions and all(c.startswith(prefix + ",") for c in captions), (prefix, captions[:2])
+    vocab = set(re.findall(r"[a-z0-9]+", " ".join(captions)))
+    assert set(re.findall(r"[a-z0-9]+", prefix)) <= vocab

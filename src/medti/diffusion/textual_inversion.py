@@ -24,6 +24,11 @@ from typing import Any
 
 from medti import __version__
 
+#: Prompt templates a concept is trained with; ``[1]`` is the one samples and experiments use, so it is
+#: the modality's own caption prefix in the words a base was trained on (the phantom captions start
+#: "axial prostate mri, ..." and "frontal chest radiograph, ..."). A word the base never saw in a caption
+#: (the earlier "frontal chest x-ray") is a random direction the UNet never learned to read, and guidance
+#: against the plain caption amplifies it into artefacts.
 TEMPLATES: dict[str, list[str]] = {
     "prostate_mri": [
         "{}",
@@ -34,7 +39,7 @@ TEMPLATES: dict[str, list[str]] = {
     ],
     "cxr": [
         "{}",
-        "frontal chest x-ray, {}",
+        "frontal chest radiograph, {}",
         "a chest radiograph of {}",
         "an image of {}",
         "frontal chest x-ray radiograph, {}",
