@@ -131,7 +131,6 @@ def test_sampling_template_is_worded_as_the_phantom_captions(tmp_path, kind, mod
     prefix: a word no caption has (the earlier "frontal chest x-ray" against captions saying "radiograph") is
     a direction the embedded base never learned to read, and guidance amplifies it into artefacts."""
     import csv
-    import re
 
     from medti.data.phantoms import PhantomConfig, generate_phantoms
     from medti.diffusion.textual_inversion import TEMPLATES
@@ -141,5 +140,3 @@ def test_sampling_template_is_worded_as_the_phantom_captions(tmp_path, kind, mod
         captions = [r["caption"] for r in csv.DictReader(f)]
     prefix = TEMPLATES[modality][1].format("").rstrip(", ")
     assert captions and all(c.startswith(prefix + ",") for c in captions), (prefix, captions[:2])
-    vocab = set(re.findall(r"[a-z0-9]+", " ".join(captions)))
-    assert set(re.findall(r"[a-z0-9]+", prefix)) <= vocab
