@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--guidance", default="3,7.5", help="guidance scale(s), comma-separated; every one is reported")
     ap.add_argument("--strength", type=float, default=1.0, help="inpainting strength")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="phantoms, textual inversion and sampling seeds (other values: a fresh evaluation)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the embeddings in this dir")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-write", action="store_true")
@@ -239,7 +239,7 @@ def main() -> None:
 
     body = f"""## Synthesis: interpolation, composition, inpainting (tiny base, {embedded_dir('tiny').name})
 
-`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --threads {args.threads}' if args.threads else ''}`
+`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --seed {args.seed}' if args.seed else ''}{f' --threads {args.threads}' if args.threads else ''}`
 on {machine()}; {total / 60:.1f} min in all.
 
 Embeddings (textual inversion, {args.vectors} vectors, {args.steps} steps at batch {args.batch}, lr {args.lr}, first 100
@@ -249,7 +249,7 @@ Sampling: {args.scheduler}, {args.sample_steps} steps; every measurement at each
 chosen after the fact); {wording_note}. Scores: phantom reference scorers on the pixels,
 thresholds `FINDING_THRESHOLDS`; no seed or case was left out.
 
-**1. Interpolation** `healthy:(1-w) AND csPCa:w`, {args.seeds} seeds (10000..), the same initial noise along each strip.
+**1. Interpolation** `healthy:(1-w) AND csPCa:w`, {args.seeds} seeds ({10_000 + 1000 * args.seed}..), the same initial noise along each strip.
 Mean lesion score (fraction > {FINDING_THRESHOLDS['csPCa']}) per weight; Spearman rho of weights vs mean score (target >= 0.9);
 per-seed rho: median / share of strips >= 0.9. Real test phantoms for reference: mean lesion score
 {np.mean([lesion_score(x) for x in real_pos]):.3f} (csPCa=1) / {np.mean([lesion_score(x) for x in real_neg]):.3f} (csPCa=0).
@@ -258,7 +258,7 @@ per-seed rho: median / share of strips >= 0.9. Real test phantoms for reference:
 |---|{'---|' * len(WEIGHTS)}---|---|
 {interp_rows}
 
-**2. Composition** on CXR, {args.n_comp} images per prompt (seeds 20000.., the same for every prompt), every prompt with the
+**2. Composition** on CXR, {args.n_comp} images per prompt (seeds {20_000 + 1000 * args.seed}.., the same for every prompt), every prompt with the
 negative prompt {f'`{args.comp_negative}`' if args.comp_negative else '(none: the empty unconditional branch)'}; fraction of images
 with each finding present (score > threshold):
 
@@ -310,7 +310,7 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
 
     # 1. interpolation
     t = time.time()
-    strips = sampler.interpolate(mri("healthy"), mri("csPCa"), WEIGHTS, list(range(10_000, 10_000 + args.seeds)))
+    strips = sampler.interpolate(mri("healthy"), mri("csPCa"), WEIGHTS, list(range(10_000 + 1000 * args.seed, 10_000 + 1000 * args.seed + args.seeds)))
     t_run.append(time.time() - t)
     les = np.array([[lesion_score(im) for im in strip] for strip in strips])  # [seeds, weights]
     means = les.mean(axis=0)
@@ -324,7 +324,7 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     t = time.time()
     comp = {}
     for prompt in ("pleural_effusion", "pneumonia", "pleural_effusion AND pneumonia"):
-        imgs = sampler.sample(" AND ".join(cxr(c) for c in prompt.split(" AND ")), n=args.n_comp, seed=20_000, negative=args.comp_negative or None)
+        imgs = sampler.sample(" AND ".join(cxr(c) for c in prompt.split(" AND ")), n=args.n_comp, seed=20_000 + 1000 * args.seed, negative=args.comp_negative or None)
         sc = [cxr_scores(im) for im in imgs]
         eff = np.array([s["pleural_effusion"] > FINDING_THRESHOLDS["pleural_effusion"] for s in sc])
         pna = np.array([s["pneumonia"] > FINDING_THRESHOLDS["pneumonia"] for s in sc])
@@ -341,7 +341,7 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     t = time.time()
     before, after, ref, out_change, in_change, shown = [], [], [], [], [], []
     for i, (img, mask, diseased) in enumerate(cases):
-        new = sampler.inpaint(img, mask, mri("csPCa"), n=1, seed=30_000 + i, strength=args.strength)[0]
+        new = sampler.inpaint(img, mask, mri("csPCa"), n=1, seed=30_000 + 1000 * args.seed + i, strength=args.strength)[0]
         before.append(lesion_score(img, region=mask))
         after.append(lesion_score(new, region=mask))
         ref.append(lesion_score(diseased, region=mask))

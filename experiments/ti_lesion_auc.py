@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=0.005)
     ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="phantoms, textual inversion and sampling seeds (other values: a fresh evaluation)")
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--keep", type=Path, default=None, help="keep the embeddings in this dir")
     ap.add_argument("--no-write", action="store_true")
@@ -64,7 +64,7 @@ def main() -> None:
             )
             secs[concept] = (time.time() - tw, time.process_time() - t)
             tg = time.time()
-            imgs = sample_embedding("tiny", res[concept].path, args.n, seed=10_000, guidance=args.guidance)
+            imgs = sample_embedding("tiny", res[concept].path, args.n, seed=10_000 + 1000 * args.seed, guidance=args.guidance)
             secs[concept + "_gen"] = time.time() - tg
             scores[concept] = np.array([lesion_score(im) for im in imgs])
             grids.append(grid_image(imgs[:16], cols=16))
@@ -76,7 +76,7 @@ def main() -> None:
         tmpl = TEMPLATES["prostate_mri"][1]  # the template sample_embedding uses
         contrast = {}
         for concept, other in (("csPCa", "healthy"), ("healthy", "csPCa")):
-            imgs = sampler.sample(tmpl.format(f"<{concept}>"), n=args.n, seed=10_000, negative=tmpl.format(f"<{other}>"))
+            imgs = sampler.sample(tmpl.format(f"<{concept}>"), n=args.n, seed=10_000 + 1000 * args.seed, negative=tmpl.format(f"<{other}>"))
             contrast[concept] = np.array([lesion_score(im) for im in imgs])
         real = Dataset(data)
         real_pos = np.array([lesion_score(load_image(c.path)) for c in real.cases(split="test", where={"csPCa": 1})])
@@ -89,13 +89,13 @@ def main() -> None:
         save_grid(np.stack(grids), ROOT / "docs" / "img" / "ti_samples.png", cols=1, scale=2)
     body = f"""## Textual inversion on prostate phantoms: csPCa vs healthy embeddings (tiny base)
 
-`python experiments/ti_lesion_auc.py --steps {args.steps} --vectors {args.vectors} --batch {args.batch} --n {args.n}`
+`python experiments/ti_lesion_auc.py --steps {args.steps} --vectors {args.vectors} --batch {args.batch} --n {args.n}{f' --seed {args.seed}' if args.seed else ''}`
 on {machine()}.
 
 Settings: 600 prostate phantoms (seed {args.seed}); one embedding from the first 100 `csPCa=1` training cases and one
 from the first 100 `csPCa=0` training cases; {args.vectors} vectors, {args.steps} steps at batch {args.batch}, lr {args.lr},
 mirrored images, frozen tiny base (fp32 on CPU). {args.n} images per embedding (30 DDIM steps, guidance {args.guidance}, seeds
-10000..), each scored by the phantom reference lesion scorer (pixels only).
+{10_000 + 1000 * args.seed}..), each scored by the phantom reference lesion scorer (pixels only).
 
 | | value |
 |---|---|
