@@ -28,8 +28,9 @@ from typing import Any
 
 EMBEDDED = ("tiny", "micro")
 # Bump when the tiny recipe changes: the cache key includes it. 3-5 were measured candidates never shipped
-# (docs/results.md, synthesis-history); 6 = v2's recipe + decoder-only VAE fine-tune + local-structure captions.
-BASE_FORMAT_VERSION = 6
+# (docs/results.md, synthesis-history); 6 = v2's recipe + decoder-only VAE fine-tune + local-structure captions;
+# 7 = the same recipe, training seed 2 (chosen among seeds 0-2, then re-measured on fresh evaluation seeds).
+BASE_FORMAT_VERSION = 7
 
 
 class BaseModelError(RuntimeError):
@@ -90,6 +91,10 @@ SPECS: dict[str, TinySpec] = {
         decoder_steps=2000,
         decoder_crop=32,
         decoder_finish_steps=300,
+        # The training seed matters as much as the recipe: seeds 0/1/2 of this recipe met 3/2/4 of issue 4's eight
+        # checks (TI AUC >= 0.85, interpolation, composition and inpainting at guidance 3 and 7.5; docs/results.md,
+        # synthesis-history). Seed 2 was chosen by that count; its published figures come from a fresh evaluation.
+        seed=2,
         # Measured alternatives (docs/results.md, synthesis-history):
         # - tiny-v3 (vae_steps=2400, vae_crop=32, unet_steps=3000, snr_gamma=5.0): lesions survive the VAE, but the
         #   UNet draws lesion-like spots in nearly every sample and <csPCa> vs <healthy> TI falls to AUC 0.62;
