@@ -303,6 +303,7 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     from medti.diffusion.sampling import grid_image, save_grid
 
     sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=args.sample_steps, guidance=g, batch=16)
+    off = 1000 * args.seed  # sampling seeds; another --seed is a fresh evaluation
     mri, cxr = wordings(args.template)
     tag = f"g{g:g}".replace(".", "_")
     figs = [f"synthesis_interpolation_{tag}.png", f"synthesis_composition_{tag}.png", f"synthesis_inpainting_{tag}.png"]
@@ -310,7 +311,7 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
 
     # 1. interpolation
     t = time.time()
-    strips = sampler.interpolate(mri("healthy"), mri("csPCa"), WEIGHTS, list(range(10_000 + 1000 * args.seed, 10_000 + 1000 * args.seed + args.seeds)))
+    strips = sampler.interpolate(mri("healthy"), mri("csPCa"), WEIGHTS, list(range(10_000 + off, 10_000 + off + args.seeds)))
     t_run.append(time.time() - t)
     les = np.array([[lesion_score(im) for im in strip] for strip in strips])  # [seeds, weights]
     means = les.mean(axis=0)
@@ -324,7 +325,7 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     t = time.time()
     comp = {}
     for prompt in ("pleural_effusion", "pneumonia", "pleural_effusion AND pneumonia"):
-        imgs = sampler.sample(" AND ".join(cxr(c) for c in prompt.split(" AND ")), n=args.n_comp, seed=20_000 + 1000 * args.seed, negative=args.comp_negative or None)
+        imgs = sampler.sample(" AND ".join(cxr(c) for c in prompt.split(" AND ")), n=args.n_comp, seed=20_000 + off, negative=args.comp_negative or None)
         sc = [cxr_scores(im) for im in imgs]
         eff = np.array([s["pleural_effusion"] > FINDING_THRESHOLDS["pleural_effusion"] for s in sc])
         pna = np.array([s["pneumonia"] > FINDING_THRESHOLDS["pneumonia"] for s in sc])
@@ -341,7 +342,7 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     t = time.time()
     before, after, ref, out_change, in_change, shown = [], [], [], [], [], []
     for i, (img, mask, diseased) in enumerate(cases):
-        new = sampler.inpaint(img, mask, mri("csPCa"), n=1, seed=30_000 + 1000 * args.seed + i, strength=args.strength)[0]
+        new = sampler.inpaint(img, mask, mri("csPCa"), n=1, seed=30_000 + off + i, strength=args.strength)[0]
         before.append(lesion_score(img, region=mask))
         after.append(lesion_score(new, region=mask))
         ref.append(lesion_score(diseased, region=mask))

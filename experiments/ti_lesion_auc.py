@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="keep the embeddings in this dir")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    first_seed = 10_000 + 1000 * args.seed  # sampling seeds; another --seed is a fresh evaluation
 
     import numpy as np
     from sklearn.metrics import roc_auc_score
@@ -64,7 +65,7 @@ def main() -> None:
             )
             secs[concept] = (time.time() - tw, time.process_time() - t)
             tg = time.time()
-            imgs = sample_embedding("tiny", res[concept].path, args.n, seed=10_000 + 1000 * args.seed, guidance=args.guidance)
+            imgs = sample_embedding("tiny", res[concept].path, args.n, seed=first_seed, guidance=args.guidance)
             secs[concept + "_gen"] = time.time() - tg
             scores[concept] = np.array([lesion_score(im) for im in imgs])
             grids.append(grid_image(imgs[:16], cols=16))
@@ -76,7 +77,7 @@ def main() -> None:
         tmpl = TEMPLATES["prostate_mri"][1]  # the template sample_embedding uses
         contrast = {}
         for concept, other in (("csPCa", "healthy"), ("healthy", "csPCa")):
-            imgs = sampler.sample(tmpl.format(f"<{concept}>"), n=args.n, seed=10_000 + 1000 * args.seed, negative=tmpl.format(f"<{other}>"))
+            imgs = sampler.sample(tmpl.format(f"<{concept}>"), n=args.n, seed=first_seed, negative=tmpl.format(f"<{other}>"))
             contrast[concept] = np.array([lesion_score(im) for im in imgs])
         real = Dataset(data)
         real_pos = np.array([lesion_score(load_image(c.path)) for c in real.cases(split="test", where={"csPCa": 1})])
@@ -95,7 +96,7 @@ on {machine()}.
 Settings: 600 prostate phantoms (seed {args.seed}); one embedding from the first 100 `csPCa=1` training cases and one
 from the first 100 `csPCa=0` training cases; {args.vectors} vectors, {args.steps} steps at batch {args.batch}, lr {args.lr},
 mirrored images, frozen tiny base (fp32 on CPU). {args.n} images per embedding (30 DDIM steps, guidance {args.guidance}, seeds
-{10_000 + 1000 * args.seed}..), each scored by the phantom reference lesion scorer (pixels only).
+{first_seed}..), each scored by the phantom reference lesion scorer (pixels only).
 
 | | value |
 |---|---|
