@@ -47,6 +47,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 WEIGHTS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
+def first_seed(start: int, seed: int) -> int:
+    """First sampling seed of a measurement; another ``--seed`` gives a fresh evaluation (other noise)."""
+    return start + 1000 * seed
+
+
 def healthy_cases_with_lesion_masks(n: int, size: int, seed: int, dilate_px: int = 2):
     """Healthy prostate phantoms, each with a lesion-shaped mask placed the way the phantom places
     csPCa lesions (zone, size, shape), and the same study rendered with that lesion (for reference)."""
@@ -249,7 +254,7 @@ Sampling: {args.scheduler}, {args.sample_steps} steps; every measurement at each
 chosen after the fact); {wording_note}. Scores: phantom reference scorers on the pixels,
 thresholds `FINDING_THRESHOLDS`; no seed or case was left out.
 
-**1. Interpolation** `healthy:(1-w) AND csPCa:w`, {args.seeds} seeds ({10_000 + 1000 * args.seed}..), the same initial noise along each strip.
+**1. Interpolation** `healthy:(1-w) AND csPCa:w`, {args.seeds} seeds ({first_seed(10_000, args.seed)}..), the same initial noise along each strip.
 Mean lesion score (fraction > {FINDING_THRESHOLDS['csPCa']}) per weight; Spearman rho of weights vs mean score (target >= 0.9);
 per-seed rho: median / share of strips >= 0.9. Real test phantoms for reference: mean lesion score
 {np.mean([lesion_score(x) for x in real_pos]):.3f} (csPCa=1) / {np.mean([lesion_score(x) for x in real_neg]):.3f} (csPCa=0).
@@ -258,7 +263,7 @@ per-seed rho: median / share of strips >= 0.9. Real test phantoms for reference:
 |---|{'---|' * len(WEIGHTS)}---|---|
 {interp_rows}
 
-**2. Composition** on CXR, {args.n_comp} images per prompt (seeds {20_000 + 1000 * args.seed}.., the same for every prompt), every prompt with the
+**2. Composition** on CXR, {args.n_comp} images per prompt (seeds {first_seed(20_000, args.seed)}.., the same for every prompt), every prompt with the
 negative prompt {f'`{args.comp_negative}`' if args.comp_negative else '(none: the empty unconditional branch)'}; fraction of images
 with each finding present (score > threshold):
 
@@ -303,7 +308,6 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     from medti.diffusion.sampling import grid_image, save_grid
 
     sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=args.sample_steps, guidance=g, batch=16)
-    off = 1000 * args.seed  # sampling seeds; another --seed is a fresh evaluation
     mri, cxr = wordings(args.template)
     tag = f"g{g:g}".replace(".", "_")
     figs = [f"synthesis_interpolation_{tag}.png", f"synthesis_composition_{tag}.png", f"synthesis_inpainting_{tag}.png"]
@@ -311,7 +315,7 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
 
     # 1. interpolation
     t = time.time()
-    strips = sampler.interpolate(mri("healthy"), mri("csPCa"), WEIGHTS, list(range(10_000 + off, 10_000 + off + args.seeds)))
+    strips = sampler.interpolate(mri("healthy"), mri("csPCa"), WEIGHTS, list(range(first_seed(10_000, args.seed), first_seed(10_000, args.seed) + args.seeds)))
     t_run.append(time.time() - t)
     les = np.array([[lesion_score(im) for im in strip] for strip in strips])  # [seeds, weights]
     means = les.mean(axis=0)
@@ -325,7 +329,7 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     t = time.time()
     comp = {}
     for prompt in ("pleural_effusion", "pneumonia", "pleural_effusion AND pneumonia"):
-        imgs = sampler.sample(" AND ".join(cxr(c) for c in prompt.split(" AND ")), n=args.n_comp, seed=20_000 + off, negative=args.comp_negative or None)
+        imgs = sampler.sample(" AND ".join(cxr(c) for c in prompt.split(" AND ")), n=args.n_comp, seed=first_seed(20_000, args.seed), negative=args.comp_negative or None)
         sc = [cxr_scores(im) for im in imgs]
         eff = np.array([s["pleural_effusion"] > FINDING_THRESHOLDS["pleural_effusion"] for s in sc])
         pna = np.array([s["pneumonia"] > FINDING_THRESHOLDS["pneumonia"] for s in sc])
@@ -342,7 +346,7 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     t = time.time()
     before, after, ref, out_change, in_change, shown = [], [], [], [], [], []
     for i, (img, mask, diseased) in enumerate(cases):
-        new = sampler.inpaint(img, mask, mri("csPCa"), n=1, seed=30_000 + off + i, strength=args.strength)[0]
+        new = sampler.inpaint(img, mask, mri("csPCa"), n=1, seed=first_seed(30_000, args.seed) + i, strength=args.strength)[0]
         before.append(lesion_score(img, region=mask))
         after.append(lesion_score(new, region=mask))
         ref.append(lesion_score(diseased, region=mask))
