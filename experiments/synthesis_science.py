@@ -35,6 +35,7 @@ Needs the trained tiny base in the cache (it is not built here: that takes ~16 m
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import tempfile
 import time
@@ -107,6 +108,7 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--guidance", default="3,7.5", help="guidance scale(s), comma-separated; every one is reported")
     ap.add_argument("--strength", type=float, default=1.0, help="inpainting strength")
+    ap.add_argument("--resample", type=int, default=None, help="inpainting RePaint passes per step (default: the sampler's)")
     ap.add_argument("--seed", type=int, default=0, help="phantoms, textual inversion and sampling seeds (other values: a fresh evaluation)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the embeddings in this dir")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -214,7 +216,7 @@ def main() -> None:
     )
     comp_ratio = "; ".join(f"guidance {gs(r['g'])}: **{r['ratio']:.2f}x** ({ok(r['ratio'] >= 2.0)})" for r in runs)
     inp_rows = "\n".join(
-        f"| {gs(r['g'])} | **{r['rise']:.0%}** ({ok(r['rise'] >= 0.8)}) | {r['before'].mean():.3f} / {r['after'].mean():.3f} / "
+        f"| {gs(r['g'])} | **{r['rise']:.0%}** ({ok(r['rise'] >= 0.8)}) | {r['control_rise']:.0%} | {r['before'].mean():.3f} / {r['after'].mean():.3f} / "
         f"{r['ref'].mean():.3f} | {np.mean(r['after'] > FINDING_THRESHOLDS['csPCa']):.0%} "
         f"({np.mean(r['before'] > FINDING_THRESHOLDS['csPCa']):.0%}) | **{r['mean_out']:.3f}/255** ({ok(r['mean_out'] <= 2.0)}) | "
         f"{r['in_change']:.1f}/255 |"
@@ -241,10 +243,12 @@ def main() -> None:
         f"`{cxr('pneumonia')}`; `a AND b` stands for `{cxr('a')} AND {cxr('b')}`"
     )
     from medti.diffusion.base import embedded_dir
+    from medti.diffusion.guided import GuidedSampler
 
+    resample = args.resample if args.resample is not None else inspect.signature(GuidedSampler.inpaint).parameters["resample"].default
     body = f"""## Synthesis: interpolation, composition, inpainting (tiny base, {embedded_dir('tiny').name})
 
-`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --seed {args.seed}' if args.seed else ''}{f' --threads {args.threads}' if args.threads else ''}`
+`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --resample {args.resample}' if args.resample is not None else ''}{f' --seed {args.seed}' if args.seed else ''}{f' --threads {args.threads}' if args.threads else ''}`
 on {machine()}; {total / 60:.1f} min in all.
 
 Embeddings (textual inversion, {args.vectors} vectors, {args.steps} steps at batch {args.batch}, lr {args.lr}, first 100
@@ -275,10 +279,11 @@ Both findings, composition / best single prompt (target >= 2x): {comp_ratio}.
 
 **3. Inpainting** `csPCa` into {args.n_inpaint} healthy prostate phantoms (fresh renders, seed {7000 + args.seed}; mask = a
 lesion region placed as the phantom places csPCa lesions, dilated by 2 px; strength {args.strength}; regular checkpoint:
-masked latent denoising + inward-feathered paste, default feather):
+masked latent denoising with RePaint resampling, {resample} pass{'es' if resample > 1 else ''} per step, + inward-feathered paste, default feather;
+the control inpaints the same cases with the same noise from the caption alone, no concept):
 
-| guidance | lesion score in the mask rises (target >= 80 %) | mean score in the mask: before / after / same study with a real lesion | after > {FINDING_THRESHOLDS['csPCa']} (before) | mean abs. change outside the mask (target <= 2/255) | mean abs. change inside |
-|---|---|---|---|---|---|
+| guidance | lesion score in the mask rises (target >= 80 %) | control: rises with `{caption('prostate_mri')}` alone | mean score in the mask: before / after / same study with a real lesion | after > {FINDING_THRESHOLDS['csPCa']} (before) | mean abs. change outside the mask (target <= 2/255) | mean abs. change inside |
+|---|---|---|---|---|---|---|
 {inp_rows}
 
 {figs}
@@ -287,6 +292,13 @@ Time: phantoms {secs['phantoms']:.0f} s; {times}.
     print(body)
     if not args.no_write:
         write_section("synthesis", body, doc=RESULTS)
+
+
+def caption(modality: str) -> str:
+    """The modality's caption with no finding named (``axial prostate mri``): the inpainting control."""
+    from medti.diffusion.textual_inversion import TEMPLATES
+
+    return TEMPLATES[modality][1].format("").rstrip(", ")
 
 
 def wordings(template: str):
@@ -344,11 +356,15 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
 
     # 3. inpainting
     t = time.time()
-    before, after, ref, out_change, in_change, shown = [], [], [], [], [], []
+    before, after, control, ref, out_change, in_change, shown = [], [], [], [], [], [], []
+    inp_kw = dict(n=1, strength=args.strength, **({} if args.resample is None else {"resample": args.resample}))
     for i, (img, mask, diseased) in enumerate(cases):
-        new = sampler.inpaint(img, mask, mri("csPCa"), n=1, seed=first_seed(30_000, args.seed) + i, strength=args.strength)[0]
+        new = sampler.inpaint(img, mask, mri("csPCa"), seed=first_seed(30_000, args.seed) + i, **inp_kw)[0]
+        # control: the same case and noise with the modality caption alone (no concept)
+        plain = sampler.inpaint(img, mask, caption("prostate_mri"), seed=first_seed(30_000, args.seed) + i, **inp_kw)[0]
         before.append(lesion_score(img, region=mask))
         after.append(lesion_score(new, region=mask))
+        control.append(lesion_score(plain, region=mask))
         ref.append(lesion_score(diseased, region=mask))
         d = np.abs(new.astype(float) - img.astype(float))
         out_change.append(d[~mask].mean())
@@ -359,8 +375,9 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
             shown += [img, overlay, new, diseased]
     t_run.append(time.time() - t)
     r.update(before=np.array(before), after=np.array(after), ref=np.array(ref), mean_out=float(np.mean(out_change)),
-             in_change=float(np.mean(in_change)), secs=t_run)
+             in_change=float(np.mean(in_change)), secs=t_run, control=np.array(control))
     r["rise"] = float((r["after"] > r["before"]).mean())
+    r["control_rise"] = float((r["control"] > r["before"]).mean())
     save_grid(np.stack(shown), img_dir / figs[2], cols=4, scale=2)
     print(f"guidance {g}: inpainting {t_run[-1]:.0f} s, rise {r['rise']:.2f}", flush=True)
     return r

@@ -178,17 +178,48 @@ def _image_and_mask(size=32):
     return img, mask
 
 
-@pytest.mark.parametrize(("pred", "name", "strength"), [("v_prediction", "euler", 0.75), ("epsilon", "dpmpp", 1.0), ("epsilon", "ddim", 0.5)])
-def test_inpainting_changes_only_the_masked_region(bases, pred, name, strength):
+@pytest.mark.parametrize(
+    ("pred", "name", "strength", "resample"),
+    [("v_prediction", "euler", 0.75, 2), ("epsilon", "dpmpp", 1.0, 2), ("epsilon", "ddim", 0.5, 1), ("v_prediction", "euler_a", 1.0, 3)],
+)
+def test_inpainting_changes_only_the_masked_region(bases, pred, name, strength, resample):
     base = bases[pred]
     img, mask = _image_and_mask()
     s = _sampler(base, scheduler=name, steps=4)
-    out = s.inpaint(img, mask, "csPCa", n=2, seed=1, strength=strength)
+    with _Counter(base.unet) as c:
+        out = s.inpaint(img, mask, "csPCa", n=2, seed=1, strength=strength, resample=resample)
+    denoising_steps = int(4 * strength)
+    assert len(c.rows) == resample * denoising_steps - (resample - 1)  # every step but the last, `resample` times
     assert out.shape == (2, 32, 32, 3)
     assert np.array_equal(out[:, ~mask], np.broadcast_to(img[~mask], out[:, ~mask].shape))
     assert np.abs(out[:, mask].astype(int) - img[mask]).mean() > 2
-    again = _sampler(base, scheduler=name, steps=4).inpaint(img, mask, "csPCa", n=2, seed=1, strength=strength)
+    again = _sampler(base, scheduler=name, steps=4).inpaint(img, mask, "csPCa", n=2, seed=1, strength=strength, resample=resample)
     assert out.tobytes() == again.tobytes()
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler", "dpmpp"])
+def test_resampling_jump_has_the_forward_process_marginal(bases, name):
+    """RePaint's jump back from a step's end t_{i+1} to its start t_i must leave a sample that
+    looks exactly like the clean latents noised to t_i: mean alpha_i x0, spread sigma_i."""
+    from medti.diffusion.guided import _alpha_sigma, diffuse_back
+
+    sched = make_scheduler(bases["epsilon"].scheduler.config, name)
+    sched.set_timesteps(10)
+    ts = sched.timesteps
+    i = 3
+    (a0, s0), (a1, s1) = _alpha_sigma(sched, ts[i : i + 1]), _alpha_sigma(sched, ts[i + 1 : i + 2])
+    if name == "euler":  # variance exploding: x_t = x0 + sigma eps
+        assert float(a0) == 1.0 and float(s0) == pytest.approx(float(sched.sigmas[i]))
+    else:  # variance preserving
+        abar = float(sched.alphas_cumprod[int(ts[i])])
+        assert float(a0) == pytest.approx(abar**0.5, rel=1e-4) and float(s0) == pytest.approx((1 - abar) ** 0.5, rel=1e-4)
+    assert float(s0) > float(s1)  # t_i is the noisier end
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((1, 4, 128, 128), 0.7)
+    x1 = a1 * x0 + s1 * torch.randn(x0.shape, generator=g)
+    x = diffuse_back(x1, (a0, s0), (a1, s1), torch.randn(x0.shape, generator=g))
+    assert float(x.mean()) == pytest.approx(0.7 * float(a0), abs=0.02 * float(s0) + 1e-3)
+    assert float(x.std()) == pytest.approx(float(s0), rel=0.02)
 
 
 def test_inpainting_at_another_resolution_pastes_back_at_the_original_one(bases):
@@ -241,6 +272,8 @@ def test_bad_requests_name_the_culprit(bases):
         _sampler(base).inpaint(img, mask[:16], "csPCa")
     with pytest.raises(SynthesisError, match="strength"):
         _sampler(base).inpaint(img, mask, "csPCa", strength=0)
+    with pytest.raises(SynthesisError, match="resample=0"):
+        _sampler(base).inpaint(img, mask, "csPCa", resample=0)
     other = Embedding("<cspca>", torch.zeros(3, 32), {"concept": "csPCa"})
     with pytest.raises(EmbeddingError, match="already loaded"):
         GuidedSampler(base, [other])

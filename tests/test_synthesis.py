@@ -188,12 +188,20 @@ def test_cli_inpaint_keeps_pixels_outside_the_mask(env, tmp_path):
     r = CliRunner().invoke(
         app,
         ["synth", "inpaint", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), "--image", str(tmp_path / "img.png"),
-         "--mask", str(tmp_path / "mask.png"), "--prompt", "csPCa", "--strength", "0.9", "--out", str(out)],
+         "--mask", str(tmp_path / "mask.png"), "--prompt", "csPCa", "--strength", "0.9", "--steps", "4", "--out", str(out)],
     )
     assert r.exit_code == 0, r.output
     new = load_image(out)
     m = mask > 0
     assert np.array_equal(new[~m], img[~m]) and not np.array_equal(new[m], img[m])
+    plain = tmp_path / "plain.png"  # --resample 1: masked denoising without RePaint's passes, another image
+    r = CliRunner().invoke(
+        app,
+        ["synth", "inpaint", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), "--image", str(tmp_path / "img.png"),
+         "--mask", str(tmp_path / "mask.png"), "--prompt", "csPCa", "--strength", "0.9", "--steps", "4", "--resample", "1", "--out", str(plain)],
+    )
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(load_image(plain)[~m], img[~m]) and not np.array_equal(load_image(plain)[m], new[m])
     empty = tmp_path / "empty.png"
     empty.write_bytes(encode_png(np.zeros((32, 32), np.uint8)))
     bad = CliRunner().invoke(

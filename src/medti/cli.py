@@ -364,6 +364,11 @@ def synth_inpaint_cmd(
     prompt: str = typer.Option(..., "--prompt"),
     negative: str = typer.Option(None, "--negative"),
     strength: float = typer.Option(0.75, "--strength", help="How far to noise the image (0-1]."),
+    resample: int = typer.Option(
+        2, "--resample", min=1,
+        help="RePaint passes per denoising step (regular checkpoints): more blends the region into its surroundings; "
+        "1 = plain masked denoising, half the time.",
+    ),
     seed: int = typer.Option(0, "--seed"),
     steps: int = typer.Option(30, "--steps"),
     guidance: float = typer.Option(7.5, "--guidance"),
@@ -376,8 +381,8 @@ def synth_inpaint_cmd(
 
     cfg = InpaintConfig(
         base=base, embeddings=_synth_embeddings(embeddings, ctx), image=image, mask=mask, prompt=prompt,
-        negative=negative, strength=strength, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
-        device=device, out=out,
+        negative=negative, strength=strength, resample=resample, seed=seed, steps=steps, guidance=guidance,
+        scheduler=scheduler, device=device, out=out,
     )
     typer.echo(_run(inpaint_image, cfg).summary())
 

@@ -350,6 +350,7 @@ class InpaintConfig:
     scheduler: str = "dpmpp"
     feather: float | None = None  # pixels; None = image size / 32
     dilate: int = 1  # latent pixels
+    resample: int = 2  # RePaint passes per step (regular checkpoints); 1 = plain masked denoising
     device: str | None = None
     precision: str = "auto"
     progress: bool = True
@@ -403,7 +404,7 @@ def inpaint_image(cfg: InpaintConfig) -> InpaintResult:
     resolved = _resolve(sampler, cfg.prompt, cfg.negative, "--prompt/--negative")
     out = sampler.inpaint(
         image, mask, resolved.prompt, n=1, seed=cfg.seed, negative=cfg.negative, strength=cfg.strength,
-        feather=cfg.feather, dilate=cfg.dilate,
+        feather=cfg.feather, dilate=cfg.dilate, resample=cfg.resample,
     )[0]
     atomic_write_bytes(Path(cfg.out), encode_png(out))
     diff = np.abs(out.astype(int) - image.astype(int))
