@@ -37,7 +37,11 @@ Inpainting (:meth:`GuidedSampler.inpaint`) regenerates only the masked region:
 - regular (4-channel) checkpoint: the image is VAE-encoded, noised to ``strength`` (img2img: the
   first ``1 - strength`` of the steps are skipped) and after every step the latents outside the
   latent-resolution mask (max-pooled, dilated by ``dilate`` latent pixels) are replaced by the
-  original latents noised to the current timestep (``scheduler.add_noise``);
+  original latents noised to the current timestep (``scheduler.add_noise``), with RePaint
+  resampling: every step but the last runs ``resample`` times (default 2), the latents diffused
+  back to the step's start in between (:func:`diffuse_back`, with alpha/sigma read through the
+  scheduler's own ``add_noise`` and its multistep state restored), so the region is denoised again
+  knowing the re-imposed surroundings;
 - inpainting (9-channel, ``unet.config.in_channels == 9``) checkpoint: the UNet input is
   ``[latents, mask, masked-image latents]`` as in diffusers' ``StableDiffusionInpaintPipeline``;
 
