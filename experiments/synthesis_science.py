@@ -358,10 +358,11 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     t = time.time()
     before, after, control, ref, out_change, in_change, shown = [], [], [], [], [], [], []
     inp_kw = dict(n=1, strength=args.strength, **({} if args.resample is None else {"resample": args.resample}))
+    control_prompt, seed0 = caption("prostate_mri"), first_seed(30_000, args.seed)
     for i, (img, mask, diseased) in enumerate(cases):
-        new = sampler.inpaint(img, mask, mri("csPCa"), seed=first_seed(30_000, args.seed) + i, **inp_kw)[0]
+        new = sampler.inpaint(img, mask, mri("csPCa"), seed=seed0 + i, **inp_kw)[0]
         # control: the same case and noise with the modality caption alone (no concept)
-        plain = sampler.inpaint(img, mask, caption("prostate_mri"), seed=first_seed(30_000, args.seed) + i, **inp_kw)[0]
+        plain = sampler.inpaint(img, mask, control_prompt, seed=seed0 + i, **inp_kw)[0]
         before.append(lesion_score(img, region=mask))
         after.append(lesion_score(new, region=mask))
         control.append(lesion_score(plain, region=mask))

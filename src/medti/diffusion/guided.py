@@ -285,10 +285,9 @@ class GuidedSampler:
         img, m = _check_image_mask(image, mask)
         if not 0.0 < float(strength) <= 1.0:
             raise SynthesisError(f"strength={strength!r} must be in (0, 1]")
-        for name, v, lo in (("dilate", dilate, 0), ("resample", resample, 1)):
+        for name, v, lo, unit in (("dilate", dilate, 0, "latent pixels"), ("resample", resample, 1, "passes per step; 1 = no resampling")):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                unit = " (latent pixels)" if name == "dilate" else " (passes per step; 1 = no resampling)"
-                raise SynthesisError(f"{name}={v!r} must be an integer >= {lo}{unit}")
+                raise SynthesisError(f"{name}={v!r} must be an integer >= {lo} ({unit})")
         h, w = m.shape
         size = self.base.image_size
         feather = max(1.0, round(min(h, w) / 32)) if feather is None else float(feather)
