@@ -26,7 +26,7 @@ concept name alone.
 Every measurement runs at each guidance scale of ``--guidance`` (default 3 - the textual inversion
 experiment's - and 7.5 - the sampler's default); all are reported, none is picked.
 
-    MEDTI_CACHE=/tmp/mc1 python experiments/synthesis_science.py [--steps 1500] [--seeds 100] [--threads 1]
+    MEDTI_CACHE=/tmp/mc1 python experiments/synthesis_science.py [--vectors 64] [--steps 1500] [--seeds 100] [--threads 1]
 
 Needs the trained tiny base in the cache (it is not built here: that takes ~16 min).  Writes the
 "synthesis" section of docs/results.md and docs/img/synthesis_{interpolation,composition,inpainting}_g*.png.
@@ -98,7 +98,7 @@ def _u8(img):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=1500, help="textual inversion steps per embedding")
-    ap.add_argument("--vectors", type=int, default=16)
+    ap.add_argument("--vectors", type=int, default=64, help="vectors per embedding (64: the product default and the reference work)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=0.005)
     ap.add_argument("--seeds", type=int, default=100, help="seeds per interpolation weight")
@@ -248,7 +248,7 @@ def main() -> None:
     resample = args.resample if args.resample is not None else inspect.signature(GuidedSampler.inpaint).parameters["resample"].default
     body = f"""## Synthesis: interpolation, composition, inpainting (tiny base, {embedded_dir('tiny').name})
 
-`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --resample {args.resample}' if args.resample is not None else ''}{f' --seed {args.seed}' if args.seed else ''}{f' --threads {args.threads}' if args.threads else ''}`
+`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --vectors {args.vectors} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --resample {args.resample}' if args.resample is not None else ''}{f' --seed {args.seed}' if args.seed else ''}{f' --threads {args.threads}' if args.threads else ''}`
 on {machine()}; {total / 60:.1f} min in all.
 
 Embeddings (textual inversion, {args.vectors} vectors, {args.steps} steps at batch {args.batch}, lr {args.lr}, first 100
