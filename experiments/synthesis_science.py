@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500, help="textual inversion steps per embedding")
     ap.add_argument("--vectors", type=int, default=None, help="vectors per embedding, every concept (sets both below)")
     ap.add_argument("--prostate-vectors", type=int, default=64, help="vectors per prostate concept (64: the product default)")
-    ap.add_argument("--cxr-vectors", type=int, default=16, help="vectors per CXR concept (16: keeps each finding to itself)")
+    ap.add_argument("--cxr-vectors", type=int, default=16, help="vectors per CXR concept (16: the published run; see the history table)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=0.005)
     ap.add_argument("--seeds", type=int, default=100, help="seeds per interpolation weight")
