@@ -38,7 +38,7 @@ def main() -> None:
     from medti._quiet import quiet_libraries
 
     quiet_libraries()
-    from synthesis_science import first_seed, healthy_cases_with_lesion_masks
+    from synthesis_science import first_seed, healthy_cases_with_lesion_masks, wordings
 
     from medti.data.phantoms import PhantomConfig, generate_phantoms, lesion_score
     from medti.diffusion.base import load_base
@@ -46,7 +46,7 @@ def main() -> None:
     from medti.diffusion.guided import GuidedSampler
     from medti.diffusion.textual_inversion import EmbeddingConfig, train_embedding
 
-    prompt = "axial prostate mri, csPCa"
+    prompt = wordings("modality")[0]("csPCa")  # the experiment's wording: axial prostate mri, csPCa
     base = load_base("tiny")
     cases = healthy_cases_with_lesion_masks(100, base.image_size, seed=7_000 + args.seed)
     with tempfile.TemporaryDirectory() as tmp:
