@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--scheduler", default="dpmpp")
     ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--guidance", default="3,7.5", help="guidance scale(s), comma-separated; every one is reported")
+    ap.add_argument("--guidance-rescale", type=float, default=0.0,
+                    help="guidance rescale phi (Lin et al. 2023; diffusers' guidance_rescale; 0 = off)")
     ap.add_argument("--strength", type=float, default=1.0, help="inpainting strength")
     ap.add_argument("--resample", type=int, default=None, help="inpainting RePaint passes per step (default: the sampler's)")
     ap.add_argument("--seed", type=int, default=0, help="phantoms, textual inversion and sampling seeds (other values: a fresh evaluation)")
@@ -253,13 +255,13 @@ def main() -> None:
     resample = args.resample if args.resample is not None else inspect.signature(GuidedSampler.inpaint).parameters["resample"].default
     body = f"""## Synthesis: interpolation, composition, inpainting (tiny base, {embedded_dir('tiny').name})
 
-`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --prostate-vectors {args.prostate_vectors} --cxr-vectors {args.cxr_vectors} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --resample {args.resample}' if args.resample is not None else ''}{f' --seed {args.seed}' if args.seed else ''}{f' --threads {args.threads}' if args.threads else ''}`
+`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --prostate-vectors {args.prostate_vectors} --cxr-vectors {args.cxr_vectors} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --guidance-rescale {args.guidance_rescale:g}' if args.guidance_rescale else ''}{f' --resample {args.resample}' if args.resample is not None else ''}{f' --seed {args.seed}' if args.seed else ''}{f' --threads {args.threads}' if args.threads else ''}`
 on {machine()}; {total / 60:.1f} min in all.
 
 Embeddings (textual inversion, {args.prostate_vectors} vectors per prostate / {args.cxr_vectors} per CXR concept, {args.steps} steps at batch {args.batch}, lr {args.lr}, first 100
 matching training cases of {n_phantoms['prostate']} prostate / {n_phantoms['cxr']} CXR phantoms, seed {args.seed}): `csPCa` (csPCa=1), `healthy` (csPCa=0),
 `pleural_effusion` ({eff_where}), `pneumonia` ({pna_where}); in the CXR phantoms each finding has prevalence {args.cxr_prevalence:g}, independently{'' if args.isolate else f', so each CXR training set also holds the other finding in about {args.cxr_prevalence:.0%} of its cases'}. Final losses and training times: {ti_rows}.
-Sampling: {args.scheduler}, {args.sample_steps} steps; every measurement at each guidance scale listed (all reported, none
+Sampling: {args.scheduler}, {args.sample_steps} steps, guidance rescale {f'phi = {args.guidance_rescale:g} (Lin et al. 2023, diffusers `rescale_noise_cfg`; reference: the guidance-1 combination)' if args.guidance_rescale else 'off'}; every measurement at each guidance scale listed (all reported, none
 chosen after the fact); {wording_note}. Scores: phantom reference scorers on the pixels,
 thresholds `FINDING_THRESHOLDS`; no seed or case was left out.
 
@@ -324,7 +326,8 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     from medti.diffusion.guided import GuidedSampler
     from medti.diffusion.sampling import grid_image, save_grid
 
-    sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=args.sample_steps, guidance=g, batch=16)
+    sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=args.sample_steps, guidance=g, batch=16,
+                            guidance_rescale=args.guidance_rescale)
     mri, cxr = wordings(args.template)
     tag = f"g{g:g}".replace(".", "_")
     figs = [f"synthesis_interpolation_{tag}.png", f"synthesis_composition_{tag}.png", f"synthesis_inpainting_{tag}.png"]

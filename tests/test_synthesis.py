@@ -47,7 +47,8 @@ def _spec(env, path, **over):
         "modality": "prostate_mri",
         "findings": ["csPCa"],
         "seed": 100,
-        "sampler": {"scheduler": "euler_a", "steps": 2, "guidance": 4.0, "batch": 3, "negative": "blurry image"},
+        "sampler": {"scheduler": "euler_a", "steps": 2, "guidance": 4.0, "guidance_rescale": 0.7, "batch": 3,
+                    "negative": "blurry image"},
         "classes": [
             {"name": "pos", "prompt": "axial prostate mri, csPCa", "count": 4, "labels": {"csPCa": 1}},
             {"name": "neg", "prompt": "healthy:0.7 AND csPCa:0.3", "count": 3, "labels": {"csPCa": 0}},
@@ -92,6 +93,7 @@ def test_interrupted_dataset_run_resumes_to_identical_files_that_validate(env, t
     info = json.loads((out_b / "dataset.json").read_text())
     assert info["source"] == "synthetic" and info["image_size"] == [32, 32]
     assert info["extra"]["synthesis"]["scheduler"] == "euler_a"
+    assert info["extra"]["synthesis"]["guidance_rescale"] == 0.7
 
 
 def test_resume_refuses_other_settings_and_restart_discards(env, tmp_path):
@@ -120,6 +122,7 @@ def test_resume_refuses_other_settings_and_restart_discards(env, tmp_path):
         ({"classes": [{"prompt": "csPCa", "count": 2, "labels": {}}]}, r"classes\[0\] \(class0\).labels: missing a value for finding\(s\) \['csPCa'\]"),
         ({"classes": [{"prompt": "csPCa", "count": 2, "labels": {"csPCa": 2}}]}, r"labels.csPCa: must be 0 or 1"),
         ({"sampler": {"scheduler": "heun"}}, "sampler.scheduler 'heun'"),
+        ({"sampler": {"guidance_rescale": 2}}, "sampler.guidance_rescale must be a number from 0 to 1, got 2"),
         ({"embeddings": ["emb/missing.safetensors"]}, r"embeddings\[0\] 'emb/missing.safetensors': file not found"),
         ({"classes": [{"name": "p", "prompt": "pneumonia", "count": 1, "labels": {"csPCa": 1}}]}, r"classes\[0\] \(p\).prompt: .*unknown concept 'pneumonia'"),
     ],
@@ -148,9 +151,11 @@ def test_cli_generate_writes_images_grid_and_manifest(env, tmp_path):
     r = CliRunner().invoke(
         app,
         ["synth", "generate", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), str(env["embs"]["healthy"]),
-         "--prompt", "csPCa:30% AND healthy:70%", "--negative", "blurry image", "--n", "3", "--seed", "7", "--out", str(out)],
+         "--prompt", "csPCa:30% AND healthy:70%", "--negative", "blurry image", "--n", "3", "--seed", "7",
+         "--guidance-rescale", "0.7", "--out", str(out)],
     )
     assert r.exit_code == 0, r.output
+    assert json.loads((out / "dataset.json").read_text())["extra"]["synthesis"]["guidance_rescale"] == 0.7
     rows = list(csv.DictReader((out / "manifest.csv").open()))
     assert [r_["seed"] for r_ in rows] == ["7", "8", "9"]
     assert rows[0]["prompt"] == "csPCa:0.3 AND healthy:0.7"

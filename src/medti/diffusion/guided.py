@@ -9,7 +9,11 @@ prompt, which replaces it) and on every sub-prompt, and combines the outputs as
 (Composable Diffusion, as AUTOMATIC1111 writes it).  The combination is linear, so it is applied
 to the model output whatever the model predicts (epsilon for SD 1.x, v for SD 2.x); the
 scheduler's ``step`` then handles the prediction type.  A sub-prompt of weight 0 contributes
-nothing and is not evaluated.
+nothing and is not evaluated.  With ``guidance_rescale`` phi > 0 the combination is then rescaled
+as diffusers' ``guidance_rescale`` does (Lin et al. 2023, sec. 3.4: to the per-image standard
+deviation of the unguided prediction, mixed phi : 1 - phi), the unguided prediction of a composition
+being its guidance-1 combination ``out_uncond + sum_i w_i (out_i - out_uncond)``: each ``AND`` term
+adds guidance, and this keeps a K-term composition from over-exposing.
 
 All branches of all images of a step go through the UNet as **one batch** (rows = images x
 branches), split only into chunks of at most ``max_rows`` rows to bound memory.  Rows are laid
@@ -98,6 +102,22 @@ def compose(uncond, conds: Sequence, weights: Sequence[float], scale: float):
     return uncond if acc is None else uncond + scale * acc
 
 
+def check_guidance_rescale(phi: float) -> None:
+    """``phi`` must be a number in [0, 1] (0: plain guidance; 0.7: Lin et al.'s choice for v-prediction)."""
+    if isinstance(phi, bool) or not isinstance(phi, int | float) or not 0.0 <= float(phi) <= 1.0:
+        raise SynthesisError(f"guidance_rescale={phi!r} must be a number from 0 to 1")
+
+
+def rescale_noise_cfg(guided, reference, phi: float):
+    """Guidance rescale (Lin et al. 2023, sec. 3.4): ``guided`` rescaled to ``reference``'s per-image
+    standard deviation, mixed ``phi`` : ``1 - phi`` with itself - diffusers' own function."""
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+        rescale_noise_cfg as _rescale,
+    )
+
+    return _rescale(guided, reference, guidance_rescale=phi)
+
+
 def _check_steps(steps: int, guidance: float, batch: int, max_rows: int) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise SynthesisError(f"steps={steps!r} must be an integer >= 1")
@@ -173,17 +193,20 @@ class GuidedSampler:
         batch: int = 8,
         max_rows: int = 64,
         eta: float = 0.0,
+        guidance_rescale: float = 0.0,
         progress: bool = False,
     ):
         from medti.diffusion.prompts import ConceptSpec
 
         _check_steps(steps, guidance, batch, max_rows)
+        check_guidance_rescale(guidance_rescale)
         if scheduler not in SCHEDULERS:
             raise SynthesisError(f"scheduler {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
         self.base = base
         self.scheduler_name = scheduler
         self.steps, self.guidance, self.batch, self.max_rows = steps, float(guidance), batch, max_rows
         self.eta = float(eta)
+        self.guidance_rescale = float(guidance_rescale)
         self.progress = progress
         self.embeddings: dict[str, Any] = {}
         self.concepts: dict[str, ConceptSpec] = {}
@@ -478,7 +501,12 @@ class GuidedSampler:
                     if c_rows:
                         delta = (o[c_rows_t] - o[c_uncond_t]) * c_w_t
                         acc = torch.zeros_like(pred).index_add_(0, c_item_t, delta)
-                        pred = pred + g * acc
+                        guided = pred + g * acc
+                        if self.guidance_rescale > 0.0:
+                            # the guidance-1 combination plays the text branch's part (it is the text
+                            # branch for a plain prompt): diffusers' rescale, per image
+                            guided = rescale_noise_cfg(guided, pred + acc, self.guidance_rescale)
+                        pred = guided
                     latents = sched.step(pred, t, latents, **step_kw, return_dict=False)[0]
                     if regular:
                         ref = img_lat

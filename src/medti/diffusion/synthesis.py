@@ -25,7 +25,7 @@ Dataset spec (YAML; relative paths are relative to the spec file)::
     modality: prostate_mri              # dataset.json modality (required)
     channels: [T2W, ADC, DWI]           # default for prostate_mri / cxr: the phantoms' channels
     findings: [csPCa]                   # label columns (required; may be [])
-    sampler: {scheduler: dpmpp, steps: 30, guidance: 7.5, batch: 8, max_rows: 64, negative: ""}
+    sampler: {scheduler: dpmpp, steps: 30, guidance: 7.5, guidance_rescale: 0, batch: 8, max_rows: 64, negative: ""}
     classes:
       - name: positive
         prompt: "axial prostate mri, csPCa"
@@ -81,6 +81,7 @@ def load_sampler(
     scheduler: str = "dpmpp",
     steps: int = 30,
     guidance: float = 7.5,
+    guidance_rescale: float = 0.0,
     batch: int = 8,
     max_rows: int = 64,
     device: str | None = None,
@@ -109,7 +110,7 @@ def load_sampler(
             )
     sampler = GuidedSampler(
         b, embs, scheduler=scheduler, steps=steps, guidance=guidance, batch=batch, max_rows=max_rows,
-        progress=progress,
+        guidance_rescale=guidance_rescale, progress=progress,
     )
     return sampler, warns
 
@@ -157,6 +158,7 @@ class GenerateConfig:
     seed: int = 0
     steps: int = 30
     guidance: float = 7.5
+    guidance_rescale: float = 0.0  # Lin et al.'s phi (diffusers' guidance_rescale); 0 = off
     scheduler: str = "dpmpp"
     batch: int = 8
     max_rows: int = 64
@@ -198,6 +200,7 @@ def generate_images(cfg: GenerateConfig) -> GenerateResult:
         raise SynthesisError(f"output {out} already exists and is not empty (use --force)")
     sampler, warns = load_sampler(
         cfg.base, cfg.embeddings, scheduler=cfg.scheduler, steps=cfg.steps, guidance=cfg.guidance,
+        guidance_rescale=cfg.guidance_rescale,
         batch=cfg.batch, max_rows=cfg.max_rows, device=cfg.device, precision=cfg.precision, progress=cfg.progress,
     )
     resolved = _resolve(sampler, cfg.prompt, cfg.negative, "--prompt/--negative")
@@ -236,6 +239,7 @@ def _settings(sampler, seed: int, **extra) -> dict[str, Any]:
         "scheduler": sampler.scheduler_name,
         "steps": sampler.steps,
         "guidance": sampler.guidance,
+        "guidance_rescale": sampler.guidance_rescale,
         "batch": sampler.batch,
         "max_rows": sampler.max_rows,
         "seed": seed,
@@ -258,6 +262,7 @@ class InterpolateConfig:
     negative: str | None = None
     steps: int = 30
     guidance: float = 7.5
+    guidance_rescale: float = 0.0  # Lin et al.'s phi (diffusers' guidance_rescale); 0 = off
     scheduler: str = "dpmpp"
     batch: int = 8
     max_rows: int = 64
@@ -299,6 +304,7 @@ def interpolate_concepts(cfg: InterpolateConfig) -> InterpolateResult:
         raise SynthesisError(f"--n-seeds {cfg.n_seeds!r} must be an integer >= 1")
     sampler, warns = load_sampler(
         cfg.base, cfg.embeddings, scheduler=cfg.scheduler, steps=cfg.steps, guidance=cfg.guidance,
+        guidance_rescale=cfg.guidance_rescale,
         batch=cfg.batch, max_rows=cfg.max_rows, device=cfg.device, precision=cfg.precision, progress=cfg.progress,
     )
     from medti.diffusion.prompts import PromptError
@@ -347,6 +353,7 @@ class InpaintConfig:
     seed: int = 0
     steps: int = 30
     guidance: float = 7.5
+    guidance_rescale: float = 0.0  # Lin et al.'s phi (diffusers' guidance_rescale); 0 = off
     scheduler: str = "dpmpp"
     feather: float | None = None  # pixels; None = image size / 32
     dilate: int = 1  # latent pixels
@@ -399,6 +406,7 @@ def inpaint_image(cfg: InpaintConfig) -> InpaintResult:
         raise SynthesisError(f"--mask {cfg.mask} is empty (no pixel > 127): nothing to inpaint")
     sampler, warns = load_sampler(
         cfg.base, cfg.embeddings, scheduler=cfg.scheduler, steps=cfg.steps, guidance=cfg.guidance,
+        guidance_rescale=cfg.guidance_rescale,
         batch=1, device=cfg.device, precision=cfg.precision, progress=cfg.progress,
     )
     resolved = _resolve(sampler, cfg.prompt, cfg.negative, "--prompt/--negative")
@@ -428,6 +436,7 @@ class SamplerSpec:
     scheduler: str = "dpmpp"
     steps: int = 30
     guidance: float = 7.5
+    guidance_rescale: float = 0.0  # Lin et al.'s phi (diffusers' guidance_rescale); 0 = off
     batch: int = 8
     max_rows: int = 64
     negative: str | None = None
@@ -452,7 +461,7 @@ class DatasetSpec:
 
 
 _TOP_KEYS = {"base", "embeddings", "modality", "channels", "findings", "classes", "seed", "split", "name", "sampler"}
-_SAMPLER_KEYS = {"scheduler", "steps", "guidance", "batch", "max_rows", "negative"}
+_SAMPLER_KEYS = {"scheduler", "steps", "guidance", "guidance_rescale", "batch", "max_rows", "negative"}
 _CLASS_KEYS = {"name", "prompt", "count", "labels", "negative"}
 
 
@@ -542,6 +551,11 @@ def load_spec(path: Path) -> DatasetSpec:
         if isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g):
             raise SynthesisError(f"{w}: sampler.guidance must be a number, got {g!r}")
         sampler.guidance = float(g)
+    if "guidance_rescale" in s:
+        phi = s["guidance_rescale"]
+        if isinstance(phi, bool) or not isinstance(phi, int | float) or not 0.0 <= phi <= 1.0:
+            raise SynthesisError(f"{w}: sampler.guidance_rescale must be a number from 0 to 1, got {phi!r}")
+        sampler.guidance_rescale = float(phi)
     if s.get("negative") is not None:
         sampler.negative = _str(f"{w}: sampler.negative", s["negative"], empty_ok=True)
     classes_raw = d["classes"]
@@ -652,7 +666,8 @@ def synthesize(cfg: SynthesisConfig) -> SynthesisResult:
         raise SynthesisError(f"stop_after={cfg.stop_after!r} must be an integer >= 1")
     sp = spec.sampler
     sampler, warns = load_sampler(
-        spec.base, spec.embeddings, scheduler=sp.scheduler, steps=sp.steps, guidance=sp.guidance, batch=sp.batch,
+        spec.base, spec.embeddings, scheduler=sp.scheduler, steps=sp.steps, guidance=sp.guidance, guidance_rescale=sp.guidance_rescale,
+        batch=sp.batch,
         max_rows=sp.max_rows, device=cfg.device, precision=cfg.precision, progress=False,
     )
     resolved = []
