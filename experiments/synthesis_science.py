@@ -53,6 +53,11 @@ def first_seed(start: int, seed: int) -> int:
     return start + 1000 * seed
 
 
+def inpaint_case_seed(seed: int) -> int:
+    """Seed of the healthy phantoms an evaluation run (``--seed``) inpaints into."""
+    return 7_000 + seed
+
+
 def healthy_cases_with_lesion_masks(n: int, size: int, seed: int, dilate_px: int = 2):
     """Healthy prostate phantoms, each with a lesion-shaped mask placed the way the phantom places
     csPCa lesions (zone, size, shape), and the same study rendered with that lesion (for reference)."""
@@ -201,7 +206,7 @@ def main() -> None:
         embs = [load_embedding(r.path) for r in res.values()]
 
     base = load_base("tiny")
-    cases = healthy_cases_with_lesion_masks(args.n_inpaint, base.image_size, seed=7_000 + args.seed)
+    cases = healthy_cases_with_lesion_masks(args.n_inpaint, base.image_size, seed=inpaint_case_seed(args.seed))
     guidances = [float(g) for g in args.guidance.split(",")]
     runs = [measure(base, embs, g, args, cases, img_dir, secs) for g in guidances]
     total = time.time() - t_all
@@ -284,7 +289,7 @@ with each finding present (score > threshold):
 
 Both findings, composition / best single prompt (target >= 2x): {comp_ratio}.
 
-**3. Inpainting** `csPCa` into {args.n_inpaint} healthy prostate phantoms (fresh renders, seed {7000 + args.seed}; mask = a
+**3. Inpainting** `csPCa` into {args.n_inpaint} healthy prostate phantoms (fresh renders, seed {inpaint_case_seed(args.seed)}; mask = a
 lesion region placed as the phantom places csPCa lesions, dilated by 2 px; strength {args.strength}; regular checkpoint:
 masked latent denoising with RePaint resampling, {resample} pass{'es' if resample > 1 else ''} per step, + inward-feathered paste, default feather;
 the control inpaints the same cases with the same noise from the caption alone, no concept):

@@ -38,7 +38,12 @@ def main() -> None:
     from medti._quiet import quiet_libraries
 
     quiet_libraries()
-    from synthesis_science import first_seed, healthy_cases_with_lesion_masks, wordings
+    from synthesis_science import (
+        first_seed,
+        healthy_cases_with_lesion_masks,
+        inpaint_case_seed,
+        wordings,
+    )
 
     from medti.data.phantoms import PhantomConfig, generate_phantoms, lesion_score
     from medti.diffusion.base import load_base
@@ -48,7 +53,7 @@ def main() -> None:
 
     prompt = wordings("modality")[0]("csPCa")  # the experiment's wording: axial prostate mri, csPCa
     base = load_base("tiny")
-    cases = healthy_cases_with_lesion_masks(100, base.image_size, seed=7_000 + args.seed)
+    cases = healthy_cases_with_lesion_masks(100, base.image_size, seed=inpaint_case_seed(args.seed))
     with tempfile.TemporaryDirectory() as tmp:
         out = args.keep or Path(tmp) / "emb"
         data = generate_phantoms(
