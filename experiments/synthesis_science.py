@@ -324,12 +324,37 @@ def wordings(template: str):
     return tuple(("{}" if template == "bare" else TEMPLATES[m][1]).format for m in ("prostate_mri", "cxr"))
 
 
+COMPOSITION_PROMPTS = ("pleural_effusion", "pneumonia", "pleural_effusion AND pneumonia")
+
+
+def composition(sampler, cxr, n: int, seed: int, negative: str) -> tuple[dict, float]:
+    """Measurement 2: ``n`` images of each of :data:`COMPOSITION_PROMPTS` (concepts written with ``cxr``,
+    seeds ``seed..``, negative prompt ``negative``; '' = the empty unconditional branch).  Returns
+    ({prompt: images and the fractions with effusion, pneumonia, both, a NaN score}, ratio of the
+    composition's "both" to the best single prompt's)."""
+    import numpy as np
+
+    from medti.data.phantoms import FINDING_THRESHOLDS, cxr_scores
+
+    comp = {}
+    for prompt in COMPOSITION_PROMPTS:
+        imgs = sampler.sample(" AND ".join(cxr(c) for c in prompt.split(" AND ")), n=n, seed=seed, negative=negative or None)
+        sc = [cxr_scores(im) for im in imgs]
+        eff = np.array([s["pleural_effusion"] > FINDING_THRESHOLDS["pleural_effusion"] for s in sc])
+        pna = np.array([s["pneumonia"] > FINDING_THRESHOLDS["pneumonia"] for s in sc])
+        comp[prompt] = dict(images=imgs, eff=eff.mean(), pna=pna.mean(), both=(eff & pna).mean(),
+                            nan=np.mean([np.isnan(s["pleural_effusion"]) or np.isnan(s["pneumonia"]) for s in sc]))
+    single = max(comp[COMPOSITION_PROMPTS[0]]["both"], comp[COMPOSITION_PROMPTS[1]]["both"])
+    both = comp[COMPOSITION_PROMPTS[2]]["both"]
+    return comp, (both / single if single > 0 else float("inf"))
+
+
 def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dict:
     """All three measurements at guidance ``g``; figures written to ``img_dir``."""
     import numpy as np
     from scipy import stats
 
-    from medti.data.phantoms import FINDING_THRESHOLDS, cxr_scores, lesion_score
+    from medti.data.phantoms import FINDING_THRESHOLDS, lesion_score
     from medti.diffusion.guided import GuidedSampler
     from medti.diffusion.sampling import grid_image, save_grid
 
@@ -356,19 +381,9 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
 
     # 2. composition
     t = time.time()
-    comp = {}
-    for prompt in ("pleural_effusion", "pneumonia", "pleural_effusion AND pneumonia"):
-        imgs = sampler.sample(" AND ".join(cxr(c) for c in prompt.split(" AND ")), n=args.n_comp, seed=first_seed(20_000, args.seed), negative=args.comp_negative or None)
-        sc = [cxr_scores(im) for im in imgs]
-        eff = np.array([s["pleural_effusion"] > FINDING_THRESHOLDS["pleural_effusion"] for s in sc])
-        pna = np.array([s["pneumonia"] > FINDING_THRESHOLDS["pneumonia"] for s in sc])
-        comp[prompt] = dict(images=imgs, eff=eff.mean(), pna=pna.mean(), both=(eff & pna).mean(),
-                            nan=np.mean([np.isnan(s["pleural_effusion"]) or np.isnan(s["pneumonia"]) for s in sc]))
+    r["comp"], r["ratio"] = composition(sampler, cxr, args.n_comp, first_seed(20_000, args.seed), args.comp_negative)
     t_run.append(time.time() - t)
-    single = max(comp["pleural_effusion"]["both"], comp["pneumonia"]["both"])
-    both = comp["pleural_effusion AND pneumonia"]["both"]
-    r["comp"], r["ratio"] = comp, (both / single if single > 0 else float("inf"))
-    save_grid(np.stack([grid_image(v["images"][:10], cols=10) for v in comp.values()]), img_dir / figs[1], cols=1, scale=2)
+    save_grid(np.stack([grid_image(v["images"][:10], cols=10) for v in r["comp"].values()]), img_dir / figs[1], cols=1, scale=2)
     print(f"guidance {g}: composition {t_run[-1]:.0f} s, ratio {r['ratio']:.2f}", flush=True)
 
     # 3. inpainting

@@ -223,7 +223,11 @@ def embed_train_cmd(
     split: str = typer.Option("train", "--split"),
     vectors: int = typer.Option(64, "--vectors", help="Vectors per token (1-128)."),
     init_text: str = typer.Option("mri", "--init-text", help="Text whose token embeddings initialise the vectors."),
-    steps: int = typer.Option(2000, "--steps"),
+    steps: int = typer.Option(
+        6000, "--steps",
+        help="Optimiser steps; 6000 at batch 8 is the reference work's 50k-100k images seen (phantoms: 1500 left the "
+        "lesion embedding unreliable, see docs/results.md).",
+    ),
     lr: float = typer.Option(0.005, "--lr"),
     batch: int = typer.Option(8, "--batch"),
     max_images: int = typer.Option(100, "--max-images", help="Use at most this many cases."),

@@ -63,7 +63,7 @@ class EmbeddingConfig:
     split: str = "train"
     vectors: int = 64
     init_text: str = "mri"
-    steps: int = 2000
+    steps: int = 6000  # x batch 8 = 48k image presentations, the reference work's budget (50k-100k at batch 1)
     lr: float = 0.005
     batch: int = 8
     out: Path | None = None  # default: embeddings/<concept>.safetensors
