@@ -170,12 +170,13 @@ def test_cli_interpolate_writes_one_strip_per_seed(env, tmp_path):
         app,
         ["synth", "interpolate", *_common(env), "--embeddings", str(env["embs"]["healthy"]),
          "--embeddings", str(env["embs"]["csPCa"]), "--from", "healthy", "--to", "csPCa", "--weights", "0,0.5,1",
-         "--seed", "3", "--n-seeds", "2", "--out", str(out)],
+         "--seed", "3", "--n-seeds", "2", "--guidance-rescale", "0.5", "--out", str(out)],
     )
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.glob("strip-*.png")) == ["strip-seed3.png", "strip-seed4.png"]
     meta = json.loads((out / "interpolation.json").read_text())
     assert meta["prompts"] == ["healthy AND csPCa:0", "healthy:0.5 AND csPCa:0.5", "healthy:0 AND csPCa"]
+    assert meta["guidance_rescale"] == 0.5
     strip = load_image(out / "strip-seed3.png")
     assert strip.shape[1] > 3 * strip.shape[0] // 2  # a horizontal strip of 3 images
     bad = CliRunner().invoke(app, ["synth", "interpolate", *_common(env), "--from", "a", "--to", "b", "--weights", "0,x", "--out", str(out)])
