@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from medti.diffusion.guided import SCHEDULERS, SynthesisError
+from medti.diffusion.guided import SCHEDULERS, SynthesisError, check_guidance_rescale
 
 SPEC_FORMAT = 1
 WORK_SUFFIX = ".synth-work"
@@ -553,8 +553,10 @@ def load_spec(path: Path) -> DatasetSpec:
         sampler.guidance = float(g)
     if "guidance_rescale" in s:
         phi = s["guidance_rescale"]
-        if isinstance(phi, bool) or not isinstance(phi, int | float) or not 0.0 <= phi <= 1.0:
-            raise SynthesisError(f"{w}: sampler.guidance_rescale must be a number from 0 to 1, got {phi!r}")
+        try:
+            check_guidance_rescale(phi)
+        except SynthesisError:
+            raise SynthesisError(f"{w}: sampler.guidance_rescale must be a number from 0 to 1, got {phi!r}") from None
         sampler.guidance_rescale = float(phi)
     if s.get("negative") is not None:
         sampler.negative = _str(f"{w}: sampler.negative", s["negative"], empty_ok=True)
