@@ -28,10 +28,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, required=True, help="the --seed of the run that trained them (picks the noise)")
     ap.add_argument("--guidance", default="1.5,3,5,7.5")
     ap.add_argument("--guidance-rescale", type=float, default=0.0)
+    ap.add_argument("--guidance-interval", default="0,1", help="START,STOP fractions of the steps that are guided")
     ap.add_argument("--n", type=int, default=100, help="images per prompt")
     args = ap.parse_args()
 
-    from synthesis_science import COMPOSITION_PROMPTS, composition, first_seed, wordings
+    from synthesis_science import (
+        COMPOSITION_PROMPTS,
+        composition,
+        first_seed,
+        interval_arg,
+        wordings,
+    )
 
     from medti._quiet import quiet_libraries
     from medti.diffusion.base import load_base
@@ -42,13 +49,15 @@ def main() -> None:
     base = load_base("tiny")
     embs = [load_embedding(args.emb_dir / f"{c}.safetensors") for c in ("pleural_effusion", "pneumonia")]
     cxr = wordings("modality")[1]
-    print(f"embeddings {args.emb_dir} (run --seed {args.seed}); n {args.n} per prompt; guidance rescale {args.guidance_rescale:g}\n")
+    print(f"embeddings {args.emb_dir} (run --seed {args.seed}); n {args.n} per prompt; guidance rescale {args.guidance_rescale:g}; "
+          f"guidance interval {args.guidance_interval}\n")
     print("| guidance | " + " | ".join(f"`{p}`: effusion / pneumonia / both" for p in COMPOSITION_PROMPTS) + " | ratio | s |")
     print("|---|" + "---|" * len(COMPOSITION_PROMPTS) + "---|---|")
     for g in (float(x) for x in args.guidance.split(",")):
         t = time.time()
         sampler = GuidedSampler(base, embs, scheduler="dpmpp", steps=25, guidance=g, batch=16,
-                                guidance_rescale=args.guidance_rescale)
+                                guidance_rescale=args.guidance_rescale,
+                                guidance_interval=interval_arg(args.guidance_interval))
         comp, ratio = composition(sampler, cxr, args.n, first_seed(20_000, args.seed), "frontal chest radiograph")
         cells = " | ".join(f"{v['eff']:.2f} / {v['pna']:.2f} / {v['both']:.2f}" for v in comp.values())
         print(f"| {g:g} | {cells} | {ratio:.2f}x | {time.time() - t:.0f} |", flush=True)

@@ -104,9 +104,10 @@ def test_guidance_rescale_gives_exactly_diffusers(bases, pred):
     assert (ours != to_uint8_images(plain)).mean() > 0.3  # the rescale changed most pixels
 
 
-def _reference_loop(base, sampler, prompt, negative, seed, guidance, rescale=0.0):
+def _reference_loop(base, sampler, prompt, negative, seed, guidance, rescale=0.0, guided=(0, 1, 2)):
     """Composable diffusion written out naively: one UNet call per branch, DDIM, one image; with
-    ``rescale``, the guided output is rescaled to the guidance-1 combination's spread (Lin et al.)."""
+    ``rescale``, the guided output is rescaled to the guidance-1 combination's spread (Lin et al.);
+    steps not in ``guided`` use guidance 1."""
     r = sampler.resolve(prompt, negative)
     tok, te = base.tokenizer, base.text_encoder
 
@@ -120,11 +121,11 @@ def _reference_loop(base, sampler, prompt, negative, seed, guidance, rescale=0.0
     with torch.no_grad():
         e_u = enc(r.negative_expanded)
         e_c = [enc(t) for t in r.expanded_texts]
-        for t in sched.timesteps:
+        for k, t in enumerate(sched.timesteps):
             x = sched.scale_model_input(lat, t)
             u = base.unet(x, t, e_u).sample
             delta = sum(w * (base.unet(x, t, e).sample - u) for w, e in zip(r.weights, e_c, strict=True))
-            out = u + guidance * delta
+            out = u + (guidance if k in guided else 1.0) * delta
             if rescale:
                 ref = u + delta
                 out = rescale * out * (ref.std() / out.std()) + (1 - rescale) * out
@@ -151,6 +152,35 @@ def test_guidance_rescale_of_a_composition_matches_a_per_concept_loop(bases):
     ref = _reference_loop(base, _sampler(base), prompt, None, 6, 20.0, rescale=0.7)
     assert np.abs(ours.astype(int) - ref).max() <= 1  # float summation order only
     assert (ours != _sampler(base, guidance=20.0).sample(prompt, n=1, seed=6)[0]).mean() > 0.3
+
+
+def test_guidance_interval_guides_only_its_steps_as_diffusers_guiders_count_them(bases):
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    from medti.diffusion.guided import guided_step
+
+    # the step rule is diffusers' guiders' start/stop rule (a guider with CFG on predicts 2 branches)
+    for n in (3, 10, 25, 30):
+        for interval in ((0.0, 1.0), (0.3, 1.0), (0.1, 0.8), (0.5, 0.6)):
+            guider = ClassifierFreeGuidance(guidance_scale=5.0, start=interval[0], stop=interval[1])
+            for k in range(n):
+                guider.set_state(step=k, num_inference_steps=n, timestep=torch.tensor(0))
+                assert guided_step(k, n, interval) == (guider.num_conditions == 2), (n, interval, k)
+    base = bases["v_prediction"]
+    prompt = "csPCa AND healthy:0.8"
+    # 3 steps, interval (0.5, 1): int(1.5) = 1, so the first step runs at guidance 1 and the others at 20
+    ours = _sampler(base, guidance=20.0, guidance_interval=(0.5, 1.0)).sample(prompt, n=1, seed=6)[0]
+    ref = _reference_loop(base, _sampler(base), prompt, None, 6, 20.0, guided=(1, 2))
+    assert np.abs(ours.astype(int) - ref).max() <= 1  # float summation order only
+    assert (ours != _sampler(base, guidance=20.0).sample(prompt, n=1, seed=6)[0]).mean() > 0.3
+    full = _sampler(base, guidance=20.0, guidance_interval=[0, 1]).sample(prompt, n=1, seed=6)[0]
+    assert np.array_equal(full, _sampler(base, guidance=20.0).sample(prompt, n=1, seed=6)[0])
+
+
+@pytest.mark.parametrize("bad", [(0.5, 0.5), (0.8, 0.2), (-0.1, 1.0), (0.0, 1.5), (0.3,), (0.1, 0.2, 0.3), "0.3,1", 0.3])
+def test_a_bad_guidance_interval_is_refused_naming_it(bases, bad):
+    with pytest.raises(SynthesisError, match="guidance_interval=.* must be two fractions"):
+        _sampler(bases["epsilon"], guidance_interval=bad)
 
 
 def test_all_branches_of_a_step_go_through_the_unet_as_one_batch(bases):

@@ -47,8 +47,8 @@ def _spec(env, path, **over):
         "modality": "prostate_mri",
         "findings": ["csPCa"],
         "seed": 100,
-        "sampler": {"scheduler": "euler_a", "steps": 2, "guidance": 4.0, "guidance_rescale": 0.7, "batch": 3,
-                    "negative": "blurry image"},
+        "sampler": {"scheduler": "euler_a", "steps": 2, "guidance": 4.0, "guidance_rescale": 0.7,
+                    "guidance_interval": [0.5, 1.0], "batch": 3, "negative": "blurry image"},
         "classes": [
             {"name": "pos", "prompt": "axial prostate mri, csPCa", "count": 4, "labels": {"csPCa": 1}},
             {"name": "neg", "prompt": "healthy:0.7 AND csPCa:0.3", "count": 3, "labels": {"csPCa": 0}},
@@ -94,6 +94,7 @@ def test_interrupted_dataset_run_resumes_to_identical_files_that_validate(env, t
     assert info["source"] == "synthetic" and info["image_size"] == [32, 32]
     assert info["extra"]["synthesis"]["scheduler"] == "euler_a"
     assert info["extra"]["synthesis"]["guidance_rescale"] == 0.7
+    assert info["extra"]["synthesis"]["guidance_interval"] == [0.5, 1.0]
 
 
 def test_resume_refuses_other_settings_and_restart_discards(env, tmp_path):
@@ -123,6 +124,8 @@ def test_resume_refuses_other_settings_and_restart_discards(env, tmp_path):
         ({"classes": [{"prompt": "csPCa", "count": 2, "labels": {"csPCa": 2}}]}, r"labels.csPCa: must be 0 or 1"),
         ({"sampler": {"scheduler": "heun"}}, "sampler.scheduler 'heun'"),
         ({"sampler": {"guidance_rescale": 2}}, "sampler.guidance_rescale must be a number from 0 to 1, got 2"),
+        ({"sampler": {"guidance_interval": [0.7, 0.2]}}, r"sampler.guidance_interval must be a list \[start, stop\].*got \[0.7, 0.2\]"),
+        ({"sampler": {"guidance_interval": "0.3,1"}}, r"sampler.guidance_interval must be a list .*got '0.3,1'"),
         ({"embeddings": ["emb/missing.safetensors"]}, r"embeddings\[0\] 'emb/missing.safetensors': file not found"),
         ({"classes": [{"name": "p", "prompt": "pneumonia", "count": 1, "labels": {"csPCa": 1}}]}, r"classes\[0\] \(p\).prompt: .*unknown concept 'pneumonia'"),
     ],
@@ -152,10 +155,11 @@ def test_cli_generate_writes_images_grid_and_manifest(env, tmp_path):
         app,
         ["synth", "generate", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), str(env["embs"]["healthy"]),
          "--prompt", "csPCa:30% AND healthy:70%", "--negative", "blurry image", "--n", "3", "--seed", "7",
-         "--guidance-rescale", "0.7", "--out", str(out)],
+         "--guidance-rescale", "0.7", "--guidance-interval", "0.3,1", "--out", str(out)],
     )
     assert r.exit_code == 0, r.output
-    assert json.loads((out / "dataset.json").read_text())["extra"]["synthesis"]["guidance_rescale"] == 0.7
+    settings = json.loads((out / "dataset.json").read_text())["extra"]["synthesis"]
+    assert settings["guidance_rescale"] == 0.7 and settings["guidance_interval"] == [0.3, 1.0]
     rows = list(csv.DictReader((out / "manifest.csv").open()))
     assert [r_["seed"] for r_ in rows] == ["7", "8", "9"]
     assert rows[0]["prompt"] == "csPCa:0.3 AND healthy:0.7"
@@ -170,17 +174,19 @@ def test_cli_interpolate_writes_one_strip_per_seed(env, tmp_path):
         app,
         ["synth", "interpolate", *_common(env), "--embeddings", str(env["embs"]["healthy"]),
          "--embeddings", str(env["embs"]["csPCa"]), "--from", "healthy", "--to", "csPCa", "--weights", "0,0.5,1",
-         "--seed", "3", "--n-seeds", "2", "--guidance-rescale", "0.5", "--out", str(out)],
+         "--seed", "3", "--n-seeds", "2", "--guidance-rescale", "0.5", "--guidance-interval", "0,0.8", "--out", str(out)],
     )
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.glob("strip-*.png")) == ["strip-seed3.png", "strip-seed4.png"]
     meta = json.loads((out / "interpolation.json").read_text())
     assert meta["prompts"] == ["healthy AND csPCa:0", "healthy:0.5 AND csPCa:0.5", "healthy:0 AND csPCa"]
-    assert meta["guidance_rescale"] == 0.5
+    assert meta["guidance_rescale"] == 0.5 and meta["guidance_interval"] == [0.0, 0.8]
     strip = load_image(out / "strip-seed3.png")
     assert strip.shape[1] > 3 * strip.shape[0] // 2  # a horizontal strip of 3 images
     bad = CliRunner().invoke(app, ["synth", "interpolate", *_common(env), "--from", "a", "--to", "b", "--weights", "0,x", "--out", str(out)])
     assert bad.exit_code != 0 and "'x' is not a number" in bad.output
+    bad = CliRunner().invoke(app, ["synth", "interpolate", *_common(env), "--from", "a", "--to", "b", "--guidance-interval", "1,0.3", "--out", str(out)])
+    assert bad.exit_code != 0 and "'1,0.3': write START,STOP" in bad.output
 
 
 def test_cli_inpaint_keeps_pixels_outside_the_mask(env, tmp_path):

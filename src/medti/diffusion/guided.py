@@ -13,7 +13,12 @@ nothing and is not evaluated.  With ``guidance_rescale`` phi > 0 the combination
 as diffusers' ``guidance_rescale`` does (Lin et al. 2023, sec. 3.4: to the per-image standard
 deviation of the unguided prediction, mixed phi : 1 - phi), the unguided prediction of a composition
 being its guidance-1 combination ``out_uncond + sum_i w_i (out_i - out_uncond)``: each ``AND`` term
-adds guidance, and this keeps a K-term composition from over-exposing.
+adds guidance, and this keeps a K-term composition from over-exposing.  With ``guidance_interval``
+(start, stop) the guidance scale applies only on the steps ``int(start * N) <= k < int(stop * N)`` of
+the N-step schedule (Kynkaenniemi et al. 2024, "Applying guidance in a limited interval"; the
+``start``/``stop`` of diffusers' guiders), and the guidance-1 combination is used on the others (the
+text branch alone, for a plain prompt).  Inpainting with ``strength`` < 1 counts k from the full
+schedule's start, so the interval always names the same noise levels.
 
 All branches of all images of a step go through the UNet as **one batch** (rows = images x
 branches), split only into chunks of at most ``max_rows`` rows to bound memory.  Rows are laid
@@ -108,6 +113,24 @@ def check_guidance_rescale(phi: float) -> None:
         raise SynthesisError(f"guidance_rescale={phi!r} must be a number from 0 to 1")
 
 
+def check_guidance_interval(interval) -> tuple[float, float]:
+    """``(start, stop)``, fractions of the denoising steps with 0 <= start < stop <= 1; returned as floats."""
+    try:
+        start, stop = (float(v) for v in interval if not isinstance(v, bool))
+    except (TypeError, ValueError):
+        start = stop = float("nan")
+    if not 0.0 <= start < stop <= 1.0:
+        raise SynthesisError(
+            f"guidance_interval={interval!r} must be two fractions of the steps, start < stop, from 0 to 1 (e.g. 0.3,1)"
+        )
+    return start, stop
+
+
+def guided_step(k: int, n: int, interval: tuple[float, float]) -> bool:
+    """Whether step ``k`` of an ``n``-step schedule is guided (diffusers' guiders' ``start``/``stop`` rule)."""
+    return int(interval[0] * n) <= k < int(interval[1] * n)
+
+
 def rescale_noise_cfg(guided, reference, phi: float):
     """Guidance rescale (Lin et al. 2023, sec. 3.4): ``guided`` rescaled to ``reference``'s per-image
     standard deviation, mixed ``phi`` : ``1 - phi`` with itself - diffusers' own function."""
@@ -194,6 +217,7 @@ class GuidedSampler:
         max_rows: int = 64,
         eta: float = 0.0,
         guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
         progress: bool = False,
     ):
         from medti.diffusion.prompts import ConceptSpec
@@ -207,6 +231,7 @@ class GuidedSampler:
         self.steps, self.guidance, self.batch, self.max_rows = steps, float(guidance), batch, max_rows
         self.eta = float(eta)
         self.guidance_rescale = float(guidance_rescale)
+        self.guidance_interval = check_guidance_interval(guidance_interval)
         self.progress = progress
         self.embeddings: dict[str, Any] = {}
         self.concepts: dict[str, ConceptSpec] = {}
@@ -477,12 +502,13 @@ class GuidedSampler:
             step_kw["generator"] = gens
         if "eta" in params:
             step_kw["eta"] = self.eta
-        g = self.guidance
         rows = len(row_item)
+        first = self.steps - len(timesteps) // sched.order  # index of this run's first step in the schedule
 
         resample = inpaint.resample if regular else 1
         with torch.inference_mode():
             for i, t in enumerate(timesteps):
+                g = self.guidance if guided_step(first + i // sched.order, self.steps, self.guidance_interval) else 1.0
                 again = resample if i < len(timesteps) - 1 else 1
                 for u in range(again):
                     if u < again - 1:  # RePaint: run this step again from here, solver state included

@@ -25,7 +25,8 @@ Dataset spec (YAML; relative paths are relative to the spec file)::
     modality: prostate_mri              # dataset.json modality (required)
     channels: [T2W, ADC, DWI]           # default for prostate_mri / cxr: the phantoms' channels
     findings: [csPCa]                   # label columns (required; may be [])
-    sampler: {scheduler: dpmpp, steps: 30, guidance: 7.5, guidance_rescale: 0, batch: 8, max_rows: 64, negative: ""}
+    sampler: {scheduler: dpmpp, steps: 30, guidance: 7.5, guidance_rescale: 0, guidance_interval: [0, 1],
+              batch: 8, max_rows: 64, negative: ""}
     classes:
       - name: positive
         prompt: "axial prostate mri, csPCa"
@@ -53,7 +54,12 @@ from typing import Any
 
 import numpy as np
 
-from medti.diffusion.guided import SCHEDULERS, SynthesisError, check_guidance_rescale
+from medti.diffusion.guided import (
+    SCHEDULERS,
+    SynthesisError,
+    check_guidance_interval,
+    check_guidance_rescale,
+)
 
 SPEC_FORMAT = 1
 WORK_SUFFIX = ".synth-work"
@@ -82,6 +88,7 @@ def load_sampler(
     steps: int = 30,
     guidance: float = 7.5,
     guidance_rescale: float = 0.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
     batch: int = 8,
     max_rows: int = 64,
     device: str | None = None,
@@ -110,7 +117,7 @@ def load_sampler(
             )
     sampler = GuidedSampler(
         b, embs, scheduler=scheduler, steps=steps, guidance=guidance, batch=batch, max_rows=max_rows,
-        guidance_rescale=guidance_rescale, progress=progress,
+        guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, progress=progress,
     )
     return sampler, warns
 
@@ -159,6 +166,7 @@ class GenerateConfig:
     steps: int = 30
     guidance: float = 7.5
     guidance_rescale: float = 0.0  # Lin et al.'s phi (diffusers' guidance_rescale); 0 = off
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # fractions of the steps that are guided
     scheduler: str = "dpmpp"
     batch: int = 8
     max_rows: int = 64
@@ -200,7 +208,7 @@ def generate_images(cfg: GenerateConfig) -> GenerateResult:
         raise SynthesisError(f"output {out} already exists and is not empty (use --force)")
     sampler, warns = load_sampler(
         cfg.base, cfg.embeddings, scheduler=cfg.scheduler, steps=cfg.steps, guidance=cfg.guidance,
-        guidance_rescale=cfg.guidance_rescale,
+        guidance_rescale=cfg.guidance_rescale, guidance_interval=cfg.guidance_interval,
         batch=cfg.batch, max_rows=cfg.max_rows, device=cfg.device, precision=cfg.precision, progress=cfg.progress,
     )
     resolved = _resolve(sampler, cfg.prompt, cfg.negative, "--prompt/--negative")
@@ -240,6 +248,7 @@ def _settings(sampler, seed: int, **extra) -> dict[str, Any]:
         "steps": sampler.steps,
         "guidance": sampler.guidance,
         "guidance_rescale": sampler.guidance_rescale,
+        "guidance_interval": list(sampler.guidance_interval),
         "batch": sampler.batch,
         "max_rows": sampler.max_rows,
         "seed": seed,
@@ -263,6 +272,7 @@ class InterpolateConfig:
     steps: int = 30
     guidance: float = 7.5
     guidance_rescale: float = 0.0  # Lin et al.'s phi (diffusers' guidance_rescale); 0 = off
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # fractions of the steps that are guided
     scheduler: str = "dpmpp"
     batch: int = 8
     max_rows: int = 64
@@ -304,7 +314,7 @@ def interpolate_concepts(cfg: InterpolateConfig) -> InterpolateResult:
         raise SynthesisError(f"--n-seeds {cfg.n_seeds!r} must be an integer >= 1")
     sampler, warns = load_sampler(
         cfg.base, cfg.embeddings, scheduler=cfg.scheduler, steps=cfg.steps, guidance=cfg.guidance,
-        guidance_rescale=cfg.guidance_rescale,
+        guidance_rescale=cfg.guidance_rescale, guidance_interval=cfg.guidance_interval,
         batch=cfg.batch, max_rows=cfg.max_rows, device=cfg.device, precision=cfg.precision, progress=cfg.progress,
     )
     from medti.diffusion.prompts import PromptError
@@ -354,6 +364,7 @@ class InpaintConfig:
     steps: int = 30
     guidance: float = 7.5
     guidance_rescale: float = 0.0  # Lin et al.'s phi (diffusers' guidance_rescale); 0 = off
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # fractions of the steps that are guided
     scheduler: str = "dpmpp"
     feather: float | None = None  # pixels; None = image size / 32
     dilate: int = 1  # latent pixels
@@ -406,7 +417,7 @@ def inpaint_image(cfg: InpaintConfig) -> InpaintResult:
         raise SynthesisError(f"--mask {cfg.mask} is empty (no pixel > 127): nothing to inpaint")
     sampler, warns = load_sampler(
         cfg.base, cfg.embeddings, scheduler=cfg.scheduler, steps=cfg.steps, guidance=cfg.guidance,
-        guidance_rescale=cfg.guidance_rescale,
+        guidance_rescale=cfg.guidance_rescale, guidance_interval=cfg.guidance_interval,
         batch=1, device=cfg.device, precision=cfg.precision, progress=cfg.progress,
     )
     resolved = _resolve(sampler, cfg.prompt, cfg.negative, "--prompt/--negative")
@@ -437,6 +448,7 @@ class SamplerSpec:
     steps: int = 30
     guidance: float = 7.5
     guidance_rescale: float = 0.0  # Lin et al.'s phi (diffusers' guidance_rescale); 0 = off
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # fractions of the steps that are guided
     batch: int = 8
     max_rows: int = 64
     negative: str | None = None
@@ -461,7 +473,7 @@ class DatasetSpec:
 
 
 _TOP_KEYS = {"base", "embeddings", "modality", "channels", "findings", "classes", "seed", "split", "name", "sampler"}
-_SAMPLER_KEYS = {"scheduler", "steps", "guidance", "guidance_rescale", "batch", "max_rows", "negative"}
+_SAMPLER_KEYS = {"scheduler", "steps", "guidance", "guidance_rescale", "guidance_interval", "batch", "max_rows", "negative"}
 _CLASS_KEYS = {"name", "prompt", "count", "labels", "negative"}
 
 
@@ -558,6 +570,15 @@ def load_spec(path: Path) -> DatasetSpec:
         except SynthesisError:
             raise SynthesisError(f"{w}: sampler.guidance_rescale must be a number from 0 to 1, got {phi!r}") from None
         sampler.guidance_rescale = float(phi)
+    if "guidance_interval" in s:
+        iv = s["guidance_interval"]
+        try:
+            sampler.guidance_interval = check_guidance_interval(iv if isinstance(iv, list) else None)
+        except SynthesisError:
+            raise SynthesisError(
+                f"{w}: sampler.guidance_interval must be a list [start, stop] of fractions of the steps, "
+                f"0 <= start < stop <= 1, got {iv!r}"
+            ) from None
     if s.get("negative") is not None:
         sampler.negative = _str(f"{w}: sampler.negative", s["negative"], empty_ok=True)
     classes_raw = d["classes"]
@@ -669,7 +690,7 @@ def synthesize(cfg: SynthesisConfig) -> SynthesisResult:
     sp = spec.sampler
     sampler, warns = load_sampler(
         spec.base, spec.embeddings, scheduler=sp.scheduler, steps=sp.steps, guidance=sp.guidance, guidance_rescale=sp.guidance_rescale,
-        batch=sp.batch,
+        guidance_interval=sp.guidance_interval, batch=sp.batch,
         max_rows=sp.max_rows, device=cfg.device, precision=cfg.precision, progress=False,
     )
     resolved = []
