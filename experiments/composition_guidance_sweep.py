@@ -32,18 +32,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="images per prompt")
     args = ap.parse_args()
 
-    from synthesis_science import (
-        COMPOSITION_PROMPTS,
-        composition,
-        first_seed,
-        interval_arg,
-        wordings,
-    )
+    from synthesis_science import COMPOSITION_PROMPTS, composition, first_seed, wordings
 
     from medti._quiet import quiet_libraries
     from medti.diffusion.base import load_base
     from medti.diffusion.embeddings import load_embedding
-    from medti.diffusion.guided import GuidedSampler
+    from medti.diffusion.guided import GuidedSampler, parse_guidance_interval
 
     quiet_libraries()
     base = load_base("tiny")
@@ -57,7 +51,7 @@ def main() -> None:
         t = time.time()
         sampler = GuidedSampler(base, embs, scheduler="dpmpp", steps=25, guidance=g, batch=16,
                                 guidance_rescale=args.guidance_rescale,
-                                guidance_interval=interval_arg(args.guidance_interval))
+                                guidance_interval=parse_guidance_interval(args.guidance_interval))
         comp, ratio = composition(sampler, cxr, args.n, first_seed(20_000, args.seed), "frontal chest radiograph")
         cells = " | ".join(f"{v['eff']:.2f} / {v['pna']:.2f} / {v['both']:.2f}" for v in comp.values())
         print(f"| {g:g} | {cells} | {ratio:.2f}x | {time.time() - t:.0f} |", flush=True)

@@ -260,12 +260,12 @@ def main() -> None:
         f"`{cxr('pneumonia')}`; `a AND b` stands for `{cxr('a')} AND {cxr('b')}`"
     )
     from medti.diffusion.base import embedded_dir
-    from medti.diffusion.guided import GuidedSampler
+    from medti.diffusion.guided import GuidedSampler, parse_guidance_interval
 
     resample = args.resample if args.resample is not None else inspect.signature(GuidedSampler.inpaint).parameters["resample"].default
     body = f"""## Synthesis: interpolation, composition, inpainting (tiny base, {embedded_dir('tiny').name})
 
-`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --prostate-vectors {args.prostate_vectors} --cxr-vectors {args.cxr_vectors} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --guidance-rescale {args.guidance_rescale:g}' if args.guidance_rescale else ''}{f' --guidance-interval {args.guidance_interval}' if interval_arg(args.guidance_interval) != (0.0, 1.0) else ''}{f' --resample {args.resample}' if args.resample is not None else ''}{f' --seed {args.seed}' if args.seed else ''}{f' --threads {args.threads}' if args.threads else ''}`
+`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --prostate-vectors {args.prostate_vectors} --cxr-vectors {args.cxr_vectors} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --guidance-rescale {args.guidance_rescale:g}' if args.guidance_rescale else ''}{f' --guidance-interval {args.guidance_interval}' if parse_guidance_interval(args.guidance_interval) != (0.0, 1.0) else ''}{f' --resample {args.resample}' if args.resample is not None else ''}{f' --seed {args.seed}' if args.seed else ''}{f' --threads {args.threads}' if args.threads else ''}`
 on {machine()}; {total / 60:.1f} min in all.
 
 Embeddings (textual inversion, {args.prostate_vectors} vectors per prostate / {args.cxr_vectors} per CXR concept, {args.steps} steps at batch {args.batch}, lr {args.lr}, first 100
@@ -309,11 +309,6 @@ Time: phantoms {secs['phantoms']:.0f} s; {times}.
     print(body)
     if not args.no_write:
         write_section("synthesis", body, doc=RESULTS)
-
-
-def interval_arg(text: str) -> tuple[float, float]:
-    """``--guidance-interval START,STOP`` as the sampler's ``guidance_interval`` (checked there)."""
-    return tuple(float(v) for v in text.split(","))
 
 
 def caption(modality: str) -> str:
@@ -363,11 +358,11 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     from scipy import stats
 
     from medti.data.phantoms import FINDING_THRESHOLDS, lesion_score
-    from medti.diffusion.guided import GuidedSampler
+    from medti.diffusion.guided import GuidedSampler, parse_guidance_interval
     from medti.diffusion.sampling import grid_image, save_grid
 
     sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=args.sample_steps, guidance=g, batch=16,
-                            guidance_rescale=args.guidance_rescale, guidance_interval=interval_arg(args.guidance_interval))
+                            guidance_rescale=args.guidance_rescale, guidance_interval=parse_guidance_interval(args.guidance_interval))
     mri, cxr = wordings(args.template)
     tag = f"g{g:g}".replace(".", "_")
     figs = [f"synthesis_interpolation_{tag}.png", f"synthesis_composition_{tag}.png", f"synthesis_inpainting_{tag}.png"]

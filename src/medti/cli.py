@@ -309,12 +309,12 @@ _GUIDANCE_RESCALE = typer.Option(
 
 
 def _interval(text: str) -> tuple[float, float]:
-    from medti.diffusion.guided import SynthesisError, check_guidance_interval
+    from medti.diffusion.guided import SynthesisError, parse_guidance_interval
 
     try:
-        return check_guidance_interval(tuple(float(v) for v in text.split(",")))
-    except (ValueError, SynthesisError):
-        raise typer.BadParameter(f"{text!r}: write START,STOP, fractions of the steps with 0 <= START < STOP <= 1, e.g. 0.3,1") from None
+        return parse_guidance_interval(text)
+    except SynthesisError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 _GUIDANCE_INTERVAL = typer.Option(

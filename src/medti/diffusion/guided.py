@@ -126,6 +126,16 @@ def check_guidance_interval(interval) -> tuple[float, float]:
     return start, stop
 
 
+def parse_guidance_interval(text: str) -> tuple[float, float]:
+    """``"START,STOP"`` (a command-line value) as a checked ``(start, stop)``."""
+    try:
+        return check_guidance_interval(tuple(float(v) for v in str(text).split(",")))
+    except (ValueError, SynthesisError):
+        raise SynthesisError(
+            f"{text!r}: write START,STOP, fractions of the steps with 0 <= START < STOP <= 1, e.g. 0.3,1"
+        ) from None
+
+
 def guided_step(k: int, n: int, interval: tuple[float, float]) -> bool:
     """Whether step ``k`` of an ``n``-step schedule is guided (diffusers' guiders' ``start``/``stop`` rule)."""
     return int(interval[0] * n) <= k < int(interval[1] * n)
