@@ -339,3 +339,18 @@ def test_bad_requests_name_the_culprit(bases):
     other = Embedding("<cspca>", torch.zeros(3, 32), {"concept": "csPCa"})
     with pytest.raises(EmbeddingError, match="already loaded"):
         GuidedSampler(base, [other])
+
+
+def test_a_second_sampler_reuses_embeddings_loaded_into_a_bf16_text_encoder(tmp_path):
+    """On a GPU the base runs in bf16: the loaded rows are the vectors rounded to bf16, and a second
+    sampler (another batch size, another request in a server) must accept the same embedding file
+    while still refusing other vectors under the same name."""
+    base = load_base(str(build_micro(tmp_path / "m", prediction_type="epsilon")))
+    base.text_encoder.to(torch.bfloat16)
+    emb = _emb("csPCa", 0)
+    assert not torch.equal(emb.vectors, emb.vectors.to(torch.bfloat16).float())  # rounding does change them
+    GuidedSampler(base, [emb], steps=2)
+    again = GuidedSampler(base, [emb], steps=2)
+    assert again.resolve("csPCa").weights == [1.0]
+    with pytest.raises(EmbeddingError, match="already loaded"):
+        GuidedSampler(base, [_emb("csPCa", 1)])

@@ -175,8 +175,9 @@ def ensure_loaded(base, emb) -> None:
     names = [emb.token] + [f"{emb.token}_{i}" for i in range(1, emb.n_vectors)]
     ids = base.tokenizer.convert_tokens_to_ids(names)
     w = base.text_encoder.get_input_embeddings().weight
+    # compare in the matrix's dtype: a bf16/fp16 text encoder holds the vectors rounded to it
     if any(n not in vocab for n in names) or not torch.equal(
-        w[ids].detach().float().cpu(), emb.vectors.float().cpu()
+        w[ids].detach().cpu(), emb.vectors.to(dtype=w.dtype).cpu()
     ):
         raise EmbeddingError(
             f"token {emb.token!r} is already loaded into this base with other vectors; "
