@@ -77,6 +77,29 @@ def test_hook_gives_gradients_only_to_the_parameter(bases):
     assert w_grad is None or w_grad[first : first + 2].abs().sum() == 0
 
 
+def test_a_base_built_from_components_is_frozen_by_the_trainer(bases):
+    """A Base assembled by hand (a benchmark, a notebook) has trainable modules; the trainer must
+    still learn only its vectors, not fill a gradient for every UNet and text-encoder weight."""
+    from accelerate import Accelerator
+
+    from medti.diffusion.base import Base
+    from medti.diffusion.textual_inversion import Inversion
+
+    loaded = load_base(str(bases["epsilon"]))
+    comps = {k: getattr(loaded, k) for k in ("tokenizer", "text_encoder", "unet", "vae", "scheduler")}
+    for m in (comps["text_encoder"], comps["unet"], comps["vae"]):
+        m.requires_grad_(True)
+    base = Base(ref="hand", model_id="hand", model_hash="", **comps)
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    inv = Inversion(base, images, modality="prostate_mri", token="<hand>", vectors=2, init_text="mri",
+                    lr=0.005, batch=2, seed=0, weight_dtype=torch.float32, accelerator=Accelerator(cpu=True))
+    inv.step()
+    for name, m in (("text encoder", base.text_encoder), ("unet", base.unet), ("vae", base.vae)):
+        with_grad = [n for n, p in m.named_parameters() if p.grad is not None]
+        assert not with_grad, f"{name} weights got gradients: {with_grad[:3]}"
+    assert inv.param.grad is not None and inv.param.grad.abs().sum() > 0
+
+
 def test_interrupted_and_resumed_run_ends_with_the_same_embedding(tmp_path, bases, data):
     base = bases["v_prediction"]
     full = train_embedding(_cfg(data, base, tmp_path / "a" / "pos.safetensors", n_samples=0))

@@ -330,6 +330,10 @@ class Inversion:
             )
         self.template_ids = enc.input_ids.to(device)
 
+        # the base stays frozen whoever built it (a Base made from components, not load_base, has
+        # trainable modules): otherwise backward also fills a gradient for every UNet weight
+        for m in (te, unet, vae):
+            m.requires_grad_(False)
         te.to(device, dtype=weight_dtype)
         unet.to(device, dtype=weight_dtype)
         vae.to(device, dtype=weight_dtype)
