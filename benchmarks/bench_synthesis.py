@@ -75,6 +75,28 @@ def unet_flop_per_row(base) -> float:
     return float(fc.get_total_flops())
 
 
+def unet_alone_seconds(base, rows: int, device: str, repeats: int = 5) -> float:
+    """Best time of one UNet evaluation on ``rows`` latent rows (no scheduler, text encoder or VAE):
+    how close the UNet itself comes to the compute bound, apart from everything around it."""
+    import torch
+
+    unet = base.unet
+    s, dt = unet.config.sample_size, unet.dtype
+    x = torch.randn(rows, unet.config.in_channels, s, s, device=unet.device, dtype=dt)
+    ctx = torch.randn(rows, base.tokenizer.model_max_length, unet.config.cross_attention_dim, device=unet.device, dtype=dt)
+    t = torch.full((rows,), 500, device=unet.device)
+    best = float("inf")
+    with torch.no_grad():
+        for i in range(repeats + 2):  # two warm-ups
+            _sync(device)
+            t0 = time.perf_counter()
+            unet(x, t, encoder_hidden_states=ctx)
+            _sync(device)
+            if i >= 2:
+                best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def measured_matmul_tflops(dtype) -> float:
     """Achieved dense matmul rate on this GPU (8192^3 products on random data, mean of 10 after 3 warm-ups):
     the ceiling a UNet's matrix work can reach here, beside the datasheet peak."""
@@ -223,6 +245,13 @@ def main() -> None:
                 frac = best[k] * ROWS[k] * args.steps * flop_row / (peak * 1e12)
                 row += f" {peak * 1e12 / (ROWS[k] * args.steps * flop_row):.2f} | {100 * frac:.0f} % |"
             table.append(row)
+        if peak:
+            for rows in (2 * batch, 3 * batch):
+                sec = unet_alone_seconds(base, rows, device)
+                table.append(f"| {batch} | UNet alone, one call of {rows} rows (x{args.steps} steps = the denoising "
+                             f"of {'plain' if rows == 2 * batch else '2-concept'}) | {batch / (sec * args.steps):.2f} | - | "
+                             f"{peak * 1e12 / ((rows // batch) * args.steps * flop_row):.2f} | "
+                             f"{100 * rows * flop_row / sec / (peak * 1e12):.0f} % |")
         plain_x = best["medti plain"] / best["diffusers plain"]
         comp_x = best["medti 2-concept"] / best["loop 2-concept"]
         plain_m = med["medti plain"] / med["diffusers plain"]
