@@ -122,6 +122,15 @@ def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path, bases, data):
 
 
 @pytest.mark.timeout(120)  # a hang on network retries fails here instead of stalling the suite
+def test_a_diverging_run_stops_naming_the_step_and_writes_nothing(tmp_path, bases, data):
+    """Losses are read back in groups (the GPU is not waited for every step), yet a NaN still stops
+    the run with the step it appeared at, and no embedding or checkpoint is left behind."""
+    out = tmp_path / "pos.safetensors"
+    with pytest.raises(TrainingError, match=r"loss became nan at step 2\b"):
+        train_embedding(_cfg(data, bases["epsilon"], out, lr=float("inf"), steps=30, checkpoint_every=0, n_samples=0))
+    assert not list(tmp_path.iterdir())
+
+
 def test_offline_hub_id_fails_at_once_with_what_to_download(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BaseModelError, match="huggingface-cli download stabilityai/stable-diffusion-2-base"):

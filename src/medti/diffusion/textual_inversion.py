@@ -48,6 +48,9 @@ TEMPLATES: dict[str, list[str]] = {
 }
 #: Modalities whose anatomy is (near) left-right symmetric, so a mirrored image is still plausible.
 FLIP_OK = {"prostate_mri"}
+#: Training reads its losses back (progress bar, NaN check) once per this many steps, not every step:
+#: a read waits for the GPU, and a step that waits cannot be queued while the previous one runs.
+LOSS_EVERY = 25
 
 
 class TrainingError(RuntimeError):
@@ -357,6 +360,13 @@ class Inversion:
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
 
     def step(self) -> float:
+        """One optimisation step; returns its loss (waits for the device; see :meth:`step_async`)."""
+        return check_losses([self.step_async()])[0]
+
+    def step_async(self):
+        """One optimisation step without waiting for the device: returns the loss as a detached
+        device tensor.  Nothing here reads a value back, so on a GPU the host queues the next step
+        while this one runs; check the losses with :func:`check_losses` every few steps."""
         import torch
         import torch.nn.functional as F
 
@@ -367,25 +377,39 @@ class Inversion:
         eps_lat = torch.randn((b, *shape), generator=gen)
         noise = torch.randn((b, *shape), generator=gen)
         tmpl = torch.randint(0, len(self.templates), (b,), generator=gen)
-        idx, tsteps, eps_lat, noise, tmpl = (v.to(self.device) for v in (idx, tsteps, eps_lat, noise, tmpl))
+        # the distinct templates of the batch, found on the host (torch.unique on a GPU would wait for it)
+        uniq, inverse = torch.unique(tmpl, return_inverse=True)
+        idx, tsteps, eps_lat, noise, uniq, inverse = (
+            v.to(self.device) for v in (idx, tsteps, eps_lat, noise, uniq, inverse)
+        )
         latents = (self.mean[idx] + self.std[idx] * eps_lat) * self.scaling
         noisy = self.noise_sched.add_noise(latents, noise, tsteps)
         target = self.noise_sched.get_velocity(latents, noise, tsteps) if self.v_pred else noise
         with self.accelerator.autocast():
             # the frozen text encoder runs once per distinct template in the batch (at most a
             # handful), not once per sample: the same values and gradients, a fraction of the work
-            uniq, inverse = torch.unique(tmpl, return_inverse=True)
             cond = self.te(self.template_ids[uniq])[0][inverse]
             pred = self.unet(noisy.to(self.weight_dtype), tsteps, cond.to(self.weight_dtype)).sample
         loss = F.mse_loss(pred.float(), target.float())
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss became {loss.item()}; SD 2.x in fp16 is known to overflow - use --precision bf16 or no"
-            )
         self.prepared_optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         self.prepared_optimizer.step()
-        return float(loss.detach())
+        return loss.detach()
+
+
+def check_losses(pending, first_step: int | None = None) -> list[float]:
+    """The values of losses returned by :meth:`Inversion.step_async` (one wait for all of them);
+    a non-finite one raises, naming its step (``first_step`` = the step number of ``pending[0]``)."""
+    import torch
+
+    values = torch.stack([v.reshape(()) for v in pending]).float().cpu().tolist()
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            at = "" if first_step is None else f" at step {first_step + i}"
+            raise TrainingError(
+                f"loss became {v}{at}; SD 2.x in fp16 is known to overflow - use --precision bf16 or no"
+            )
+    return values
 
 
 # ----------------------------------------------------------------------------- the step
@@ -461,19 +485,24 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
     last_loss = float("nan")
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"train {token}", disable=not cfg.progress)
+    pending: list = []  # losses not yet read back: the device is waited for once per LOSS_EVERY steps
     for step in bar:
-        try:
-            loss = inv.step()
-        except TrainingError as e:
-            hook.remove()
-            raise TrainingError(f"step {step + 1} (precision {precision}): {e}") from e
-        last_loss = loss
-        losses.append(last_loss)
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        pending.append(inv.step_async())
         done = step + 1
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+        checkpoint = bool(cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps)
+        sample = bool(cfg.sample_every and done % cfg.sample_every == 0 and done < cfg.steps)
+        if len(pending) >= LOSS_EVERY or checkpoint or sample or done == end:
+            try:
+                losses.extend(check_losses(pending, first_step=done - len(pending) + 1))
+            except TrainingError as e:
+                hook.remove()
+                raise TrainingError(f"precision {precision}: {e}") from e
+            pending = []
+            last_loss = losses[-1]
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        if checkpoint:
             _save_checkpoint(out, done, param, raw_opt, gen, fingerprint, losses)
-        if cfg.sample_every and done % cfg.sample_every == 0 and done < cfg.steps:
+        if sample:
             _sample_grid(base, token, templates, cfg, out.with_name(f"{out.stem}.samples-{done:06d}.png"))
     bar.close()
     if end < cfg.steps:  # simulated kill: leave only the checkpoint behind
