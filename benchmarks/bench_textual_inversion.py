@@ -115,7 +115,7 @@ def tensor_images(paths, size):
 
 
 # ----------------------------------------------------------------------------- the two loops
-def run_medti(comps, paths, size, batch, steps, warmup, vectors, device, precision):
+def run_medti(comps, paths, size, batch, steps, warmup, vectors, device, precision, gradient_checkpointing=False):
     import torch
     from accelerate import Accelerator
 
@@ -128,7 +128,8 @@ def run_medti(comps, paths, size, batch, steps, warmup, vectors, device, precisi
     t_setup = time.perf_counter()
     images = tensor_images(paths, size)
     inv = Inversion(base, images, modality="prostate_mri", token="<bench>", vectors=vectors, init_text="mri",
-                    lr=0.005, batch=batch, seed=0, weight_dtype=wd, accelerator=acc)
+                    lr=0.005, batch=batch, seed=0, weight_dtype=wd, accelerator=acc,
+                    gradient_checkpointing=gradient_checkpointing)
     setup = time.perf_counter() - t_setup
     for _ in range(warmup):
         inv.step_async()
@@ -249,8 +250,9 @@ def child(args) -> None:
     comps, label = (sd2_components(), "SD 2.0-base configs, random weights") if args.model == "sd2" else tiny_components()
     size = 512 if args.model == "sd2" else 64
     paths = load_images(Path(args.data), size)
-    fn = run_medti if args.method == "medti" else run_reference
-    secs, setup = fn(comps, paths, size, args.batch, args.steps, args.warmup, args.vectors, args.device, args.precision)
+    fn = run_reference if args.method == "reference" else run_medti
+    kw = {"gradient_checkpointing": True} if args.method == "medti-ckpt" else {}
+    secs, setup = fn(comps, paths, size, args.batch, args.steps, args.warmup, args.vectors, args.device, args.precision, **kw)
     peak = (torch.cuda.max_memory_allocated() if args.device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     print("RESULT " + json.dumps(dict(method=args.method, seconds=secs, setup=setup, steps=args.steps, batch=args.batch, peak_bytes=peak, model=label)))
 
@@ -264,7 +266,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--vectors", type=int, default=64)
     ap.add_argument("--precision", default=None, help="no | bf16 | fp16 (default: bf16 on cuda, no on cpu)")
-    ap.add_argument("--method", choices=["medti", "reference"], help=argparse.SUPPRESS)
+    ap.add_argument("--also-checkpointing", action="store_true",
+                    help="also time medti with --gradient-checkpointing (UNet activations recomputed in backward)")
+    ap.add_argument("--method", choices=["medti", "reference", "medti-ckpt"], help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = ap.parse_args()
@@ -283,7 +287,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(size, Path(tmp) / "data")
         results = {}
-        for method in ("reference", "medti"):
+        for method in ("reference",) + (("medti-ckpt",) if args.also_checkpointing else ()) + ("medti",):
             cmd = [sys.executable, __file__, "--method", method, "--data", str(data)] + [
                 f"--{k}={getattr(args, k)}" for k in ("model", "device", "batch", "steps", "warmup", "vectors", "precision")
             ]
@@ -298,6 +302,13 @@ def main() -> None:
     sps = {k: v["steps"] * v["batch"] / v["seconds"] for k, v in results.items()}
     speed = sps["medti"] / sps["reference"]
     mem = ours["peak_bytes"] / ref["peak_bytes"]
+    ckpt_row = ckpt_ratio = ""
+    if "medti-ckpt" in results:
+        c = results["medti-ckpt"]
+        ckpt_row = (f"| medti `--gradient-checkpointing` | {c['steps'] / c['seconds']:.2f} | {sps['medti-ckpt']:.1f} | "
+                    f"{c['peak_bytes'] / 2**20:.0f} MiB |\n")
+        ckpt_ratio = (f"\nmedti `--gradient-checkpointing` / reference: **{sps['medti-ckpt'] / sps['reference']:.2f}x samples/s**, "
+                      f"**{c['peak_bytes'] / ref['peak_bytes']:.2f}x peak memory**.")
     mem_kind = "peak GPU memory allocated" if args.device == "cuda" else "peak RSS of the process (models + Python + torch)"
     body = f"""## Textual inversion trainer vs reference loop ({args.model}, {args.device})
 
@@ -311,8 +322,8 @@ rows restored each step, fp32 text encoder).
 |---|---|---|---|
 | reference | {ref['steps'] / ref['seconds']:.2f} | {sps['reference']:.1f} | {ref['peak_bytes'] / 2**20:.0f} MiB |
 | medti | {ours['steps'] / ours['seconds']:.2f} | {sps['medti']:.1f} | {ours['peak_bytes'] / 2**20:.0f} MiB |
-
-medti / reference: **{speed:.2f}x samples/s**, **{mem:.2f}x peak memory** (target: >= 2x samples/s, <= 0.5x peak GPU memory).
+{ckpt_row}
+medti / reference: **{speed:.2f}x samples/s**, **{mem:.2f}x peak memory** (target: >= 2x samples/s, <= 0.5x peak GPU memory).{ckpt_ratio}
 medti's one-off latent caching of {N_IMAGES} images (x2 with mirrors) took {ours['setup']:.1f} s, not included above.
 """
     print(body)

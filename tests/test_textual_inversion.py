@@ -122,6 +122,30 @@ def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path, bases, data):
 
 
 @pytest.mark.timeout(120)  # a hang on network retries fails here instead of stalling the suite
+def test_gradient_checkpointing_recomputes_the_unet_and_learns_the_same_vectors(tmp_path, bases, data):
+    from accelerate import Accelerator
+
+    from medti.diffusion.textual_inversion import Inversion
+
+    calls = {}
+    for ckpt in (False, True):
+        base = load_base(str(bases["epsilon"]))
+        inv = Inversion(base, torch.rand(4, 3, 32, 32) * 2 - 1, modality="prostate_mri", token="<c>", vectors=2,
+                        init_text="mri", lr=0.005, batch=2, seed=0, weight_dtype=torch.float32,
+                        accelerator=Accelerator(cpu=True), gradient_checkpointing=ckpt)
+        n, blk = [], base.unet.up_blocks[-1].resnets[0]
+        forward = blk.forward  # counted at the call (the recomputation in backward bypasses forward hooks)
+        blk.forward = lambda *a, n=n, forward=forward, **k: n.append(1) or forward(*a, **k)
+        inv.step()
+        calls[ckpt] = len(n)
+    # a block downstream of the cross-attention runs again in backward: its activations were not kept
+    assert calls == {False: 1, True: 2}
+    a = train_embedding(_cfg(data, bases["epsilon"], tmp_path / "a.safetensors", steps=6, n_samples=0))
+    b = train_embedding(_cfg(data, bases["epsilon"], tmp_path / "b.safetensors", steps=6, n_samples=0,
+                             gradient_checkpointing=True))
+    assert torch.allclose(load_embedding(a.path).vectors, load_embedding(b.path).vectors, atol=1e-6)
+
+
 def test_a_diverging_run_stops_naming_the_step_and_writes_nothing(tmp_path, bases, data):
     """Losses are read back in groups (the GPU is not waited for every step), yet a NaN still stops
     the run with the step it appeared at, and no embedding or checkpoint is left behind."""

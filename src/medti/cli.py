@@ -236,6 +236,10 @@ def embed_train_cmd(
     checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
     sample_every: int = typer.Option(0, "--sample-every", help="Also write a sample grid every N steps."),
     precision: str = typer.Option("auto", "--precision", help="auto | no | bf16 | fp16 (GPU only)."),
+    gradient_checkpointing: bool = typer.Option(
+        False, "--gradient-checkpointing",
+        help="Recompute the UNet's activations in backward: less memory (SD 2.x at 512 px on a small GPU), slower steps.",
+    ),
     seed: int = typer.Option(0, "--seed"),
 ):
     """Textual inversion: learn VECTORS token vectors for one concept against a frozen base."""
@@ -245,7 +249,7 @@ def embed_train_cmd(
         data=data, concept=concept, where=where, base=base, split=split, vectors=vectors,
         init_text=init_text, steps=steps, lr=lr, batch=batch, max_images=max_images, out=out,
         resume=resume, checkpoint_every=checkpoint_every, sample_every=sample_every,
-        precision=precision, seed=seed,
+        precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed,
     )
     typer.echo(_run(train_embedding, cfg).summary())
 

@@ -80,6 +80,9 @@ class EmbeddingConfig:
     guidance: float = 7.5
     flip: bool | None = None  # None: mirror only where the anatomy allows (prostate yes, cxr no)
     precision: str = "auto"  # auto | no | bf16 | fp16
+    #: recompute the UNet's activations in backward instead of keeping them: less memory, more time
+    #: (diffusers' enable_gradient_checkpointing; the reference script's --gradient_checkpointing)
+    gradient_checkpointing: bool = False
     device: str | None = None  # None: accelerate picks (cuda when present)
     validate: bool = True
     progress: bool = True
@@ -301,6 +304,7 @@ class Inversion:
         weight_dtype,
         accelerator,
         progress: bool = False,
+        gradient_checkpointing: bool = False,
     ):
         import torch
         from diffusers import DDPMScheduler
@@ -337,6 +341,8 @@ class Inversion:
         # trainable modules): otherwise backward also fills a gradient for every UNet weight
         for m in (te, unet, vae):
             m.requires_grad_(False)
+        if gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
         te.to(device, dtype=weight_dtype)
         unet.to(device, dtype=weight_dtype)
         vae.to(device, dtype=weight_dtype)
@@ -466,6 +472,7 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
         weight_dtype=weight_dtype,
         accelerator=accelerator,
         progress=cfg.progress,
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
     param, hook, gen, templates = inv.param, inv.hook, inv.gen, inv.templates
     raw_opt = inv.optimizer  # the torch optimizer under accelerate's wrapper (for checkpoints)
