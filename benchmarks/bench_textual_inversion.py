@@ -312,7 +312,7 @@ def main() -> None:
     mem_kind = "peak GPU memory allocated" if args.device == "cuda" else "peak RSS of the process (models + Python + torch)"
     body = f"""## Textual inversion trainer vs reference loop ({args.model}, {args.device})
 
-`python benchmarks/bench_textual_inversion.py --model {args.model}` on {machine()}.
+`python benchmarks/bench_textual_inversion.py --model {args.model}{' --also-checkpointing' if args.also_checkpointing else ''}` on {machine()}.
 Model: {ours['model']}; {N_IMAGES} prostate phantom images at {size} px; batch {args.batch}, {args.vectors} vectors,
 {args.steps} timed steps after {args.warmup} warm-up steps; precision {args.precision}. Reference = the common reference
 script's step (per-step image loading + VAE encode, whole token-embedding matrix trained with AdamW and its frozen
