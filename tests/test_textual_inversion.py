@@ -121,7 +121,6 @@ def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path, bases, data):
         train_embedding(_cfg(data, base, out, n_samples=0, resume=True, lr=0.01))
 
 
-@pytest.mark.timeout(120)  # a hang on network retries fails here instead of stalling the suite
 def test_gradient_checkpointing_recomputes_the_unet_and_learns_the_same_vectors(tmp_path, bases, data):
     from accelerate import Accelerator
 
@@ -155,6 +154,7 @@ def test_a_diverging_run_stops_naming_the_step_and_writes_nothing(tmp_path, base
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.timeout(120)  # a hang on network retries fails here instead of stalling the suite
 def test_offline_hub_id_fails_at_once_with_what_to_download(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BaseModelError, match="huggingface-cli download stabilityai/stable-diffusion-2-base"):
@@ -179,6 +179,15 @@ def test_cli_embed_train(tmp_path, bases, data):
     )
     assert r.exit_code == 0, r.output
     assert out.exists() and "<lesion>" in r.output
+    meta = load_embedding(out).metadata
+    assert meta["precision"] == "no" and meta["gradient_checkpointing"] == "false"  # CPU: fp32
+    r = CliRunner().invoke(
+        app,
+        ["embed", "train", "--data", str(data), "--concept", "lesion", "--where", "csPCa=1", "--gradient-checkpointing",
+         "--base", str(bases["epsilon"]), "--vectors", "2", "--steps", "3", "--batch", "2", "--out", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    assert load_embedding(out).metadata["gradient_checkpointing"] == "true"
 
 
 @pytest.mark.parametrize("kind,modality", [("prostate", "prostate_mri"), ("cxr", "cxr")])

@@ -539,6 +539,9 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
         "dataset_version": dataset_version(Path(cfg.data)),
         "medti_version": __version__,
         "final_loss": f"{last_loss:.6f}",
+        # how it was computed: bf16/fp16 training gives other vectors than fp32; checkpointing does not
+        "precision": precision,
+        "gradient_checkpointing": str(bool(cfg.gradient_checkpointing)).lower(),
     }
     emb = Embedding(token, param.detach().float().cpu().clone(), meta)
     save_embedding(emb, out)
