@@ -354,3 +354,23 @@ def test_a_second_sampler_reuses_embeddings_loaded_into_a_bf16_text_encoder(tmp_
     assert again.resolve("csPCa").weights == [1.0]
     with pytest.raises(EmbeddingError, match="already loaded"):
         GuidedSampler(base, [_emb("csPCa", 1)])
+
+
+@pytest.mark.parametrize("pred", ["v_prediction", "epsilon"])
+def test_every_sampling_path_runs_on_a_bf16_base(tmp_path, pred):
+    """A GPU runs the base in bf16 (the CPU suite otherwise only sees fp32): every scheduler, composition
+    with rescale and an interval, interpolation and inpainting must work there, not fail on a dtype."""
+    base = load_base(str(build_micro(tmp_path / "m", prediction_type=pred)))
+    for m in (base.text_encoder, base.unet, base.vae):
+        m.to(torch.bfloat16)
+    for sched in ("ddim", "euler", "euler_a", "dpmpp"):
+        s = GuidedSampler(base, EMBS, scheduler=sched, steps=3, guidance=5.0, batch=2, guidance_rescale=0.5,
+                          guidance_interval=(0.3, 1.0))
+        a = s.sample("csPCa AND healthy:0.5", n=2, seed=0, negative="healthy")
+        assert a.shape == (2, 32, 32, 3) and a.dtype == np.uint8 and a.std() > 0
+        assert np.array_equal(a, s.sample("csPCa AND healthy:0.5", n=2, seed=0, negative="healthy"))
+    strips = s.interpolate("healthy", "csPCa", [0, 0.5, 1], [0, 1])
+    assert np.asarray(strips).shape == (2, 3, 32, 32, 3)
+    img, mask = _image_and_mask()
+    out = s.inpaint(img, mask, "csPCa", n=1, seed=0, strength=0.75)[0]
+    assert np.array_equal(out[~mask], img[~mask]) and not np.array_equal(out[mask], img[mask])
