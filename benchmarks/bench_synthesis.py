@@ -60,18 +60,26 @@ def build(model: str, device: str, dtype):
     return base, embs, label
 
 
+def _unet_inputs(base, rows: int):
+    """Random latents, timesteps and a full-length text context for ``rows`` rows of the base's UNet."""
+    import torch
+
+    unet = base.unet
+    s, dev, dt = unet.config.sample_size, unet.device, unet.dtype
+    x = torch.randn(rows, unet.config.in_channels, s, s, device=dev, dtype=dt)
+    ctx = torch.randn(rows, base.tokenizer.model_max_length, unet.config.cross_attention_dim, device=dev, dtype=dt)
+    return x, torch.full((rows,), 500, device=dev), ctx
+
+
 def unet_flop_per_row(base) -> float:
     """FLOPs of one UNet evaluation for one latent row (batch 1, 77-token context), counted by
     ``torch.utils.flop_counter`` (matmuls, convolutions, attention)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    unet = base.unet
-    s, dev, dt = unet.config.sample_size, unet.device, unet.dtype
-    x = torch.randn(1, unet.config.in_channels, s, s, device=dev, dtype=dt)
-    ctx = torch.randn(1, base.tokenizer.model_max_length, unet.config.cross_attention_dim, device=dev, dtype=dt)
+    x, t, ctx = _unet_inputs(base, 1)
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        unet(x, torch.tensor([500], device=dev), encoder_hidden_states=ctx)
+        base.unet(x, t, encoder_hidden_states=ctx)
     return float(fc.get_total_flops())
 
 
@@ -80,17 +88,13 @@ def unet_alone_seconds(base, rows: int, device: str, repeats: int = 5) -> float:
     how close the UNet itself comes to the compute bound, apart from everything around it."""
     import torch
 
-    unet = base.unet
-    s, dt = unet.config.sample_size, unet.dtype
-    x = torch.randn(rows, unet.config.in_channels, s, s, device=unet.device, dtype=dt)
-    ctx = torch.randn(rows, base.tokenizer.model_max_length, unet.config.cross_attention_dim, device=unet.device, dtype=dt)
-    t = torch.full((rows,), 500, device=unet.device)
+    x, t, ctx = _unet_inputs(base, rows)
     best = float("inf")
     with torch.no_grad():
         for i in range(repeats + 2):  # two warm-ups
             _sync(device)
             t0 = time.perf_counter()
-            unet(x, t, encoder_hidden_states=ctx)
+            base.unet(x, t, encoder_hidden_states=ctx)
             _sync(device)
             if i >= 2:
                 best = min(best, time.perf_counter() - t0)

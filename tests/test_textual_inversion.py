@@ -77,22 +77,28 @@ def test_hook_gives_gradients_only_to_the_parameter(bases):
     assert w_grad is None or w_grad[first : first + 2].abs().sum() == 0
 
 
+def _inversion(base, **kw):
+    """A trainer over 4 random images on the CPU (for tests that take single steps)."""
+    from accelerate import Accelerator
+
+    from medti.diffusion.textual_inversion import Inversion
+
+    return Inversion(base, torch.rand(4, 3, 32, 32) * 2 - 1, modality="prostate_mri", token="<c>", vectors=2,
+                     init_text="mri", lr=0.005, batch=2, seed=0, weight_dtype=torch.float32,
+                     accelerator=Accelerator(cpu=True), **kw)
+
+
 def test_a_base_built_from_components_is_frozen_by_the_trainer(bases):
     """A Base assembled by hand (a benchmark, a notebook) has trainable modules; the trainer must
     still learn only its vectors, not fill a gradient for every UNet and text-encoder weight."""
-    from accelerate import Accelerator
-
     from medti.diffusion.base import Base
-    from medti.diffusion.textual_inversion import Inversion
 
     loaded = load_base(str(bases["epsilon"]))
     comps = {k: getattr(loaded, k) for k in ("tokenizer", "text_encoder", "unet", "vae", "scheduler")}
     for m in (comps["text_encoder"], comps["unet"], comps["vae"]):
         m.requires_grad_(True)
     base = Base(ref="hand", model_id="hand", model_hash="", **comps)
-    images = torch.rand(4, 3, 32, 32) * 2 - 1
-    inv = Inversion(base, images, modality="prostate_mri", token="<hand>", vectors=2, init_text="mri",
-                    lr=0.005, batch=2, seed=0, weight_dtype=torch.float32, accelerator=Accelerator(cpu=True))
+    inv = _inversion(base)
     inv.step()
     for name, m in (("text encoder", base.text_encoder), ("unet", base.unet), ("vae", base.vae)):
         with_grad = [n for n, p in m.named_parameters() if p.grad is not None]
@@ -122,16 +128,10 @@ def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path, bases, data):
 
 
 def test_gradient_checkpointing_recomputes_the_unet_and_learns_the_same_vectors(tmp_path, bases, data):
-    from accelerate import Accelerator
-
-    from medti.diffusion.textual_inversion import Inversion
-
     calls = {}
     for ckpt in (False, True):
         base = load_base(str(bases["epsilon"]))
-        inv = Inversion(base, torch.rand(4, 3, 32, 32) * 2 - 1, modality="prostate_mri", token="<c>", vectors=2,
-                        init_text="mri", lr=0.005, batch=2, seed=0, weight_dtype=torch.float32,
-                        accelerator=Accelerator(cpu=True), gradient_checkpointing=ckpt)
+        inv = _inversion(base, gradient_checkpointing=ckpt)
         n, blk = [], base.unet.up_blocks[-1].resnets[0]
         forward = blk.forward  # counted at the call (the recomputation in backward bypasses forward hooks)
         blk.forward = lambda *a, n=n, forward=forward, **k: n.append(1) or forward(*a, **k)
