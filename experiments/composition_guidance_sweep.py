@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--guidance", default="1.5,3,5,7.5")
     ap.add_argument("--guidance-rescale", type=float, default=0.0)
     ap.add_argument("--guidance-interval", default="0,1", help="START,STOP fractions of the steps that are guided")
+    ap.add_argument("--guidance-threshold", type=float, default=0.0, help="SEGA edit threshold per guidance term")
     ap.add_argument("--n", type=int, default=100, help="images per prompt")
     args = ap.parse_args()
 
@@ -44,14 +45,15 @@ def main() -> None:
     embs = [load_embedding(args.emb_dir / f"{c}.safetensors") for c in ("pleural_effusion", "pneumonia")]
     cxr = wordings("modality")[1]
     print(f"embeddings {args.emb_dir} (run --seed {args.seed}); n {args.n} per prompt; guidance rescale {args.guidance_rescale:g}; "
-          f"guidance interval {args.guidance_interval}\n")
+          f"guidance interval {args.guidance_interval}; guidance threshold {args.guidance_threshold:g}\n")
     print("| guidance | " + " | ".join(f"`{p}`: effusion / pneumonia / both" for p in COMPOSITION_PROMPTS) + " | ratio | s |")
     print("|---|" + "---|" * len(COMPOSITION_PROMPTS) + "---|---|")
     for g in (float(x) for x in args.guidance.split(",")):
         t = time.time()
         sampler = GuidedSampler(base, embs, scheduler="dpmpp", steps=25, guidance=g, batch=16,
                                 guidance_rescale=args.guidance_rescale,
-                                guidance_interval=parse_guidance_interval(args.guidance_interval))
+                                guidance_interval=parse_guidance_interval(args.guidance_interval),
+                                guidance_threshold=args.guidance_threshold)
         comp, ratio = composition(sampler, cxr, args.n, first_seed(20_000, args.seed), "frontal chest radiograph")
         cells = " | ".join(f"{v['eff']:.2f} / {v['pna']:.2f} / {v['both']:.2f}" for v in comp.values())
         print(f"| {g:g} | {cells} | {ratio:.2f}x | {time.time() - t:.0f} |", flush=True)

@@ -16,6 +16,7 @@ from medti.diffusion.guided import (
     compose,
     make_scheduler,
     paste,
+    threshold_terms,
 )
 from medti.diffusion.prompts import PromptError
 from medti.diffusion.sampling import to_uint8_images
@@ -104,10 +105,19 @@ def test_guidance_rescale_gives_exactly_diffusers(bases, pred):
     assert (ours != to_uint8_images(plain)).mean() > 0.3  # the rescale changed most pixels
 
 
-def _reference_loop(base, sampler, prompt, negative, seed, guidance, rescale=0.0, guided=(0, 1, 2)):
+def _reference_loop(base, sampler, prompt, negative, seed, guidance, rescale=0.0, guided=(0, 1, 2), threshold=0.0):
     """Composable diffusion written out naively: one UNet call per branch, DDIM, one image; with
     ``rescale``, the guided output is rescaled to the guidance-1 combination's spread (Lin et al.);
-    steps not in ``guided`` use guidance 1."""
+    with ``threshold`` q, each branch's term is zeroed where its magnitude is below numpy's q quantile
+    over that channel's positions (SEGA); steps not in ``guided`` use guidance 1 and no threshold."""
+
+    def term(e, u, k):
+        d = base.unet(x, t, e).sample - u
+        if threshold and k in guided:
+            cut = np.quantile(d.abs().flatten(2).numpy(), threshold, axis=2)  # [1, C]
+            d = torch.where(d.abs() >= torch.from_numpy(cut).float()[..., None, None], d, torch.zeros_like(d))
+        return d
+
     r = sampler.resolve(prompt, negative)
     tok, te = base.tokenizer, base.text_encoder
 
@@ -124,7 +134,7 @@ def _reference_loop(base, sampler, prompt, negative, seed, guidance, rescale=0.0
         for k, t in enumerate(sched.timesteps):
             x = sched.scale_model_input(lat, t)
             u = base.unet(x, t, e_u).sample
-            delta = sum(w * (base.unet(x, t, e).sample - u) for w, e in zip(r.weights, e_c, strict=True))
+            delta = sum(w * term(e, u, k) for w, e in zip(r.weights, e_c, strict=True))
             out = u + (guidance if k in guided else 1.0) * delta
             if rescale:
                 ref = u + delta
@@ -145,13 +155,25 @@ def test_composition_with_negative_matches_a_per_concept_loop(bases, pred):
     assert np.abs(ours.astype(int) - plain).mean() > 1  # the composition did something
 
 
-def test_guidance_rescale_of_a_composition_matches_a_per_concept_loop(bases):
+@pytest.mark.parametrize(
+    ("options", "reference"),
+    [
+        (dict(guidance_rescale=0.7), dict(rescale=0.7)),
+        # 3 steps, interval (0.5, 1): int(1.5) = 1, so the first step runs at guidance 1 and the others at 20
+        (dict(guidance_interval=(0.5, 1.0)), dict(guided=(1, 2))),
+        (dict(guidance_threshold=0.8), dict(threshold=0.8)),
+        # the unguided first step takes every term whole
+        (dict(guidance_threshold=0.8, guidance_interval=(0.5, 1.0)), dict(threshold=0.8, guided=(1, 2))),
+    ],
+    ids=["rescale", "interval", "threshold", "threshold+interval"],
+)
+def test_guidance_options_on_a_composition_match_a_per_concept_loop(bases, options, reference):
     base = bases["v_prediction"]
-    prompt = "csPCa AND healthy:0.8"
-    ours = _sampler(base, guidance=20.0, guidance_rescale=0.7).sample(prompt, n=1, seed=6)[0]
-    ref = _reference_loop(base, _sampler(base), prompt, None, 6, 20.0, rescale=0.7)
+    prompt = "csPCa AND healthy:-0.5"
+    ours = _sampler(base, guidance=20.0, **options).sample(prompt, n=1, seed=6)[0]
+    ref = _reference_loop(base, _sampler(base), prompt, None, 6, 20.0, **reference)
     assert np.abs(ours.astype(int) - ref).max() <= 1  # float summation order only
-    assert (ours != _sampler(base, guidance=20.0).sample(prompt, n=1, seed=6)[0]).mean() > 0.3
+    assert (ours != _sampler(base, guidance=20.0).sample(prompt, n=1, seed=6)[0]).mean() > 0.3  # the option acted
 
 
 def test_guidance_interval_guides_only_its_steps_as_diffusers_guiders_count_them(bases):
@@ -166,15 +188,28 @@ def test_guidance_interval_guides_only_its_steps_as_diffusers_guiders_count_them
             for k in range(n):
                 guider.set_state(step=k, num_inference_steps=n, timestep=torch.tensor(0))
                 assert guided_step(k, n, interval) == (guider.num_conditions == 2), (n, interval, k)
-    base = bases["v_prediction"]
-    prompt = "csPCa AND healthy:0.8"
-    # 3 steps, interval (0.5, 1): int(1.5) = 1, so the first step runs at guidance 1 and the others at 20
-    ours = _sampler(base, guidance=20.0, guidance_interval=(0.5, 1.0)).sample(prompt, n=1, seed=6)[0]
-    ref = _reference_loop(base, _sampler(base), prompt, None, 6, 20.0, guided=(1, 2))
-    assert np.abs(ours.astype(int) - ref).max() <= 1  # float summation order only
-    assert (ours != _sampler(base, guidance=20.0).sample(prompt, n=1, seed=6)[0]).mean() > 0.3
+    base, prompt = bases["v_prediction"], "csPCa AND healthy:0.8"
     full = _sampler(base, guidance=20.0, guidance_interval=[0, 1]).sample(prompt, n=1, seed=6)[0]
     assert np.array_equal(full, _sampler(base, guidance=20.0).sample(prompt, n=1, seed=6)[0])
+
+
+def test_threshold_terms_keeps_the_strongest_positions_of_each_image_and_channel():
+    d = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    d[1] *= 100.0  # another image's scale must not move this image's cut
+    kept = threshold_terms(d, 0.75)
+    for row in range(3):
+        for c in range(4):
+            a, k = d[row, c].flatten(), kept[row, c].flatten()
+            top = set(a.abs().argsort(descending=True)[:16].tolist())
+            assert set(k.nonzero().flatten().tolist()) == top  # the 16 of 64 strongest (no ties in random data)
+            assert torch.equal(k[list(top)], a[list(top)])  # kept unchanged
+    assert threshold_terms(d, 0.0) is d
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, 1.5, True, "0.9", float("nan")])
+def test_a_bad_guidance_threshold_is_refused_naming_it(bases, bad):
+    with pytest.raises(SynthesisError, match="guidance_threshold=.* must be a number from 0 up to"):
+        _sampler(bases["epsilon"], guidance_threshold=bad)
 
 
 @pytest.mark.parametrize("bad", [(0.5, 0.5), (0.8, 0.2), (-0.1, 1.0), (0.0, 1.5), (0.3,), (0.1, 0.2, 0.3), "0.3,1", 0.3])

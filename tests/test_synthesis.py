@@ -48,7 +48,7 @@ def _spec(env, path, **over):
         "findings": ["csPCa"],
         "seed": 100,
         "sampler": {"scheduler": "euler_a", "steps": 2, "guidance": 4.0, "guidance_rescale": 0.7,
-                    "guidance_interval": [0.5, 1.0], "batch": 3, "negative": "blurry image"},
+                    "guidance_interval": [0.5, 1.0], "guidance_threshold": 0.5, "batch": 3, "negative": "blurry image"},
         "classes": [
             {"name": "pos", "prompt": "axial prostate mri, csPCa", "count": 4, "labels": {"csPCa": 1}},
             {"name": "neg", "prompt": "healthy:0.7 AND csPCa:0.3", "count": 3, "labels": {"csPCa": 0}},
@@ -95,6 +95,7 @@ def test_interrupted_dataset_run_resumes_to_identical_files_that_validate(env, t
     assert info["extra"]["synthesis"]["scheduler"] == "euler_a"
     assert info["extra"]["synthesis"]["guidance_rescale"] == 0.7
     assert info["extra"]["synthesis"]["guidance_interval"] == [0.5, 1.0]
+    assert info["extra"]["synthesis"]["guidance_threshold"] == 0.5
 
 
 def test_resume_refuses_other_settings_and_restart_discards(env, tmp_path):
@@ -126,6 +127,7 @@ def test_resume_refuses_other_settings_and_restart_discards(env, tmp_path):
         ({"sampler": {"guidance_rescale": 2}}, "sampler.guidance_rescale must be a number from 0 to 1, got 2"),
         ({"sampler": {"guidance_interval": [0.7, 0.2]}}, r"sampler.guidance_interval must be a list \[start, stop\].*got \[0.7, 0.2\]"),
         ({"sampler": {"guidance_interval": "0.3,1"}}, r"sampler.guidance_interval must be a list .*got '0.3,1'"),
+        ({"sampler": {"guidance_threshold": 1}}, r"sampler.guidance_threshold must be a number from 0 up to 1 \(not 1\), got 1"),
         ({"embeddings": ["emb/missing.safetensors"]}, r"embeddings\[0\] 'emb/missing.safetensors': file not found"),
         ({"classes": [{"name": "p", "prompt": "pneumonia", "count": 1, "labels": {"csPCa": 1}}]}, r"classes\[0\] \(p\).prompt: .*unknown concept 'pneumonia'"),
     ],
@@ -155,11 +157,12 @@ def test_cli_generate_writes_images_grid_and_manifest(env, tmp_path):
         app,
         ["synth", "generate", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), str(env["embs"]["healthy"]),
          "--prompt", "csPCa:30% AND healthy:70%", "--negative", "blurry image", "--n", "3", "--seed", "7",
-         "--guidance-rescale", "0.7", "--guidance-interval", "0.3,1", "--out", str(out)],
+         "--guidance-rescale", "0.7", "--guidance-interval", "0.3,1", "--guidance-threshold", "0.9", "--out", str(out)],
     )
     assert r.exit_code == 0, r.output
     settings = json.loads((out / "dataset.json").read_text())["extra"]["synthesis"]
     assert settings["guidance_rescale"] == 0.7 and settings["guidance_interval"] == [0.3, 1.0]
+    assert settings["guidance_threshold"] == 0.9
     rows = list(csv.DictReader((out / "manifest.csv").open()))
     assert [r_["seed"] for r_ in rows] == ["7", "8", "9"]
     assert rows[0]["prompt"] == "csPCa:0.3 AND healthy:0.7"
@@ -187,6 +190,8 @@ def test_cli_interpolate_writes_one_strip_per_seed(env, tmp_path):
     assert bad.exit_code != 0 and "'x' is not a number" in bad.output
     bad = CliRunner().invoke(app, ["synth", "interpolate", *_common(env), "--from", "a", "--to", "b", "--guidance-interval", "1,0.3", "--out", str(out)])
     assert bad.exit_code != 0 and "'1,0.3': write START,STOP" in bad.output
+    bad = CliRunner().invoke(app, ["synth", "interpolate", *_common(env), "--from", "a", "--to", "b", "--guidance-threshold", "1", "--out", str(out)])
+    assert bad.exit_code != 0 and "--guidance-threshold 1.0: give Q from 0 up to" in bad.output
 
 
 def test_cli_inpaint_keeps_pixels_outside_the_mask(env, tmp_path):

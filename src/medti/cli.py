@@ -329,6 +329,28 @@ _GUIDANCE_INTERVAL = typer.Option(
 )
 
 
+_GUIDANCE_THRESHOLD = typer.Option(
+    0.0, "--guidance-threshold",
+    help="Q in [0, 1): apply each concept's guidance term only where it is among the strongest (1-Q) of the "
+    "latent positions (SEGA's edit threshold, Brack et al. 2023; 0.9 is theirs). Keeps an over-guided concept "
+    "from spreading over the whole image at high --guidance, and weakens guidance overall; 0 = off.",
+)
+
+
+def _sampler(scheduler: str, steps: int, guidance: float, rescale: float, interval: str, threshold: float, **kw):
+    from medti.diffusion.guided import SynthesisError, check_guidance_threshold
+    from medti.diffusion.synthesis import SamplerSettings
+
+    try:
+        check_guidance_threshold(threshold)
+    except SynthesisError:
+        raise typer.BadParameter(f"--guidance-threshold {threshold!r}: give Q from 0 up to (not including) 1, e.g. 0.9") from None
+    return SamplerSettings(
+        scheduler=scheduler, steps=steps, guidance=guidance, guidance_rescale=rescale,
+        guidance_interval=_interval(interval), guidance_threshold=threshold, **kw,
+    )
+
+
 @synth_app.command("generate", context_settings=_EXTRA_ARGS)
 def synth_generate_cmd(
     ctx: typer.Context,
@@ -342,6 +364,7 @@ def synth_generate_cmd(
     guidance: float = typer.Option(7.5, "--guidance"),
     guidance_rescale: float = _GUIDANCE_RESCALE,
     guidance_interval: str = _GUIDANCE_INTERVAL,
+    guidance_threshold: float = _GUIDANCE_THRESHOLD,
     scheduler: str = typer.Option("dpmpp", "--scheduler", help="ddim | euler | euler_a | dpmpp."),
     batch: int = typer.Option(8, "--batch", help="Images denoised together."),
     max_rows: int = typer.Option(64, "--max-rows", help="Most rows (images x branches) per UNet call."),
@@ -354,10 +377,9 @@ def synth_generate_cmd(
 
     cfg = GenerateConfig(
         base=base, embeddings=_synth_embeddings(embeddings, ctx), prompt=prompt, negative=negative, n=n, seed=seed,
-        steps=steps, guidance=guidance, guidance_rescale=guidance_rescale, guidance_interval=_interval(guidance_interval),
-        scheduler=scheduler, batch=batch,
-        max_rows=max_rows, device=device,
-        out=out, overwrite=force,
+        sampler=_sampler(scheduler, steps, guidance, guidance_rescale, guidance_interval, guidance_threshold,
+                         batch=batch, max_rows=max_rows),
+        device=device, out=out, overwrite=force,
     )
     typer.echo(_run(generate_images, cfg).summary())
 
@@ -377,6 +399,7 @@ def synth_interpolate_cmd(
     guidance: float = typer.Option(7.5, "--guidance"),
     guidance_rescale: float = _GUIDANCE_RESCALE,
     guidance_interval: str = _GUIDANCE_INTERVAL,
+    guidance_threshold: float = _GUIDANCE_THRESHOLD,
     scheduler: str = typer.Option("dpmpp", "--scheduler", help="ddim | euler | euler_a | dpmpp."),
     batch: int = typer.Option(8, "--batch"),
     device: str = typer.Option(None, "--device"),
@@ -387,9 +410,9 @@ def synth_interpolate_cmd(
 
     cfg = InterpolateConfig(
         base=base, embeddings=_synth_embeddings(embeddings, ctx), from_prompt=from_, to_prompt=to,
-        weights=_weights(weights), seed=seed, n_seeds=n_seeds, negative=negative, steps=steps, guidance=guidance,
-        guidance_rescale=guidance_rescale, guidance_interval=_interval(guidance_interval),
-        scheduler=scheduler, batch=batch, device=device, out=out,
+        weights=_weights(weights), seed=seed, n_seeds=n_seeds, negative=negative,
+        sampler=_sampler(scheduler, steps, guidance, guidance_rescale, guidance_interval, guidance_threshold, batch=batch),
+        device=device, out=out,
     )
     typer.echo(_run(interpolate_concepts, cfg).summary())
 
@@ -414,6 +437,7 @@ def synth_inpaint_cmd(
     guidance: float = typer.Option(7.5, "--guidance"),
     guidance_rescale: float = _GUIDANCE_RESCALE,
     guidance_interval: str = _GUIDANCE_INTERVAL,
+    guidance_threshold: float = _GUIDANCE_THRESHOLD,
     scheduler: str = typer.Option("dpmpp", "--scheduler", help="ddim | euler | euler_a | dpmpp."),
     device: str = typer.Option(None, "--device"),
     out: Path = typer.Option(..., "--out", help="Output PNG."),
@@ -423,9 +447,9 @@ def synth_inpaint_cmd(
 
     cfg = InpaintConfig(
         base=base, embeddings=_synth_embeddings(embeddings, ctx), image=image, mask=mask, prompt=prompt,
-        negative=negative, strength=strength, resample=resample, seed=seed, steps=steps, guidance=guidance,
-        guidance_rescale=guidance_rescale, guidance_interval=_interval(guidance_interval),
-        scheduler=scheduler, device=device, out=out,
+        negative=negative, strength=strength, resample=resample, seed=seed,
+        sampler=_sampler(scheduler, steps, guidance, guidance_rescale, guidance_interval, guidance_threshold),
+        device=device, out=out,
     )
     typer.echo(_run(inpaint_image, cfg).summary())
 

@@ -18,7 +18,11 @@ adds guidance, and this keeps a K-term composition from over-exposing.  With ``g
 the N-step schedule (Kynkaenniemi et al. 2024, "Applying guidance in a limited interval"; the
 ``start``/``stop`` of diffusers' guiders), and the guidance-1 combination is used on the others (the
 text branch alone, for a plain prompt).  Inpainting with ``strength`` < 1 counts k from the full
-schedule's start, so the interval always names the same noise levels.
+schedule's start, so the interval always names the same noise levels.  With ``guidance_threshold``
+q > 0, on guided steps each term ``out_i - out_uncond`` is kept only where its magnitude reaches the
+q quantile over its image's latent positions, per channel, and is zero elsewhere (SEGA's edit
+threshold, Brack et al. 2023, as diffusers' ``SemanticStableDiffusionPipeline`` applies it): a
+concept then steers only the part of the image it acts on most.
 
 All branches of all images of a step go through the UNet as **one batch** (rows = images x
 branches), split only into chunks of at most ``max_rows`` rows to bound memory.  Rows are laid
@@ -136,6 +140,26 @@ def parse_guidance_interval(text: str) -> tuple[float, float]:
         ) from None
 
 
+def check_guidance_threshold(q: float) -> float:
+    """``q`` must be a number in [0, 1) (0: every term applied everywhere; SEGA's default is 0.9)."""
+    if isinstance(q, bool) or not isinstance(q, int | float) or not 0.0 <= float(q) < 1.0:
+        raise SynthesisError(f"guidance_threshold={q!r} must be a number from 0 up to (not including) 1, e.g. 0.9")
+    return float(q)
+
+
+def threshold_terms(delta, q: float):
+    """SEGA's edit threshold (Brack et al. 2023; diffusers' ``SemanticStableDiffusionPipeline``):
+    each guidance term ``delta`` [rows, C, h, w] kept only where its magnitude reaches the ``q``
+    quantile of that row's channel over the latent positions, zero elsewhere."""
+    import torch
+
+    if q <= 0.0:
+        return delta
+    mag = delta.abs().flatten(start_dim=2).float()
+    cut = torch.quantile(mag, q, dim=2, keepdim=True).view(*delta.shape[:2], 1, 1)
+    return torch.where(delta.abs() >= cut.to(delta.dtype), delta, torch.zeros_like(delta))
+
+
 def guided_step(k: int, n: int, interval: tuple[float, float]) -> bool:
     """Whether step ``k`` of an ``n``-step schedule is guided (diffusers' guiders' ``start``/``stop`` rule)."""
     return int(interval[0] * n) <= k < int(interval[1] * n)
@@ -229,6 +253,7 @@ class GuidedSampler:
         eta: float = 0.0,
         guidance_rescale: float = 0.0,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
+        guidance_threshold: float = 0.0,
         progress: bool = False,
     ):
         from medti.diffusion.prompts import ConceptSpec
@@ -243,6 +268,7 @@ class GuidedSampler:
         self.eta = float(eta)
         self.guidance_rescale = float(guidance_rescale)
         self.guidance_interval = check_guidance_interval(guidance_interval)
+        self.guidance_threshold = check_guidance_threshold(guidance_threshold)
         self.progress = progress
         self.embeddings: dict[str, Any] = {}
         self.concepts: dict[str, ConceptSpec] = {}
@@ -519,7 +545,9 @@ class GuidedSampler:
         resample = inpaint.resample if regular else 1
         with torch.inference_mode():
             for i, t in enumerate(timesteps):
-                g = self.guidance if guided_step(first + i // sched.order, self.steps, self.guidance_interval) else 1.0
+                on = guided_step(first + i // sched.order, self.steps, self.guidance_interval)
+                g = self.guidance if on else 1.0
+                q = self.guidance_threshold if on else 0.0
                 again = resample if i < len(timesteps) - 1 else 1
                 for u in range(again):
                     if u < again - 1:  # RePaint: run this step again from here, solver state included
@@ -536,7 +564,7 @@ class GuidedSampler:
                     o = (torch.cat(outs) if len(outs) > 1 else outs[0]).float()
                     pred = o[uncond_t]
                     if c_rows:
-                        delta = (o[c_rows_t] - o[c_uncond_t]) * c_w_t
+                        delta = threshold_terms(o[c_rows_t] - o[c_uncond_t], q) * c_w_t
                         acc = torch.zeros_like(pred).index_add_(0, c_item_t, delta)
                         guided = pred + g * acc
                         if self.guidance_rescale > 0.0:

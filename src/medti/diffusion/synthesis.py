@@ -26,7 +26,7 @@ Dataset spec (YAML; relative paths are relative to the spec file)::
     channels: [T2W, ADC, DWI]           # default for prostate_mri / cxr: the phantoms' channels
     findings: [csPCa]                   # label columns (required; may be [])
     sampler: {scheduler: dpmpp, steps: 30, guidance: 7.5, guidance_rescale: 0, guidance_interval: [0, 1],
-              batch: 8, max_rows: 64, negative: ""}
+              guidance_threshold: 0, batch: 8, max_rows: 64, negative: ""}
     classes:
       - name: positive
         prompt: "axial prostate mri, csPCa"
@@ -48,7 +48,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from medti.diffusion.guided import (
     SynthesisError,
     check_guidance_interval,
     check_guidance_rescale,
+    check_guidance_threshold,
 )
 
 SPEC_FORMAT = 1
@@ -80,17 +81,29 @@ def _device_dtype(device: str | None, precision: str):
     return dev, {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+@dataclass
+class SamplerSettings:
+    """How every synth step samples (the :class:`~medti.diffusion.guided.GuidedSampler` options a user sets):
+    one set of fields for ``synth generate``, ``interpolate``, ``inpaint`` and a dataset spec's ``sampler:``."""
+
+    scheduler: str = "dpmpp"
+    steps: int = 30
+    guidance: float = 7.5
+    guidance_rescale: float = 0.0  # Lin et al.'s phi (diffusers' guidance_rescale); 0 = off
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # fractions of the steps that are guided
+    guidance_threshold: float = 0.0  # SEGA's edit threshold per guidance term; 0 = off (every term everywhere)
+    batch: int = 8
+    max_rows: int = 64
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(SamplerSettings)}
+
+
 def load_sampler(
     base: str,
     embeddings,
+    settings: SamplerSettings | None = None,
     *,
-    scheduler: str = "dpmpp",
-    steps: int = 30,
-    guidance: float = 7.5,
-    guidance_rescale: float = 0.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
-    batch: int = 8,
-    max_rows: int = 64,
     device: str | None = None,
     precision: str = "auto",
     progress: bool = False,
@@ -102,8 +115,9 @@ def load_sampler(
     from medti.diffusion.guided import GuidedSampler
 
     quiet_libraries()
-    if scheduler not in SCHEDULERS:
-        raise SynthesisError(f"--scheduler {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    settings = settings or SamplerSettings()
+    if settings.scheduler not in SCHEDULERS:
+        raise SynthesisError(f"--scheduler {settings.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
     dev, dtype = _device_dtype(device, precision)
     b = load_base(base, device=dev, dtype=dtype, progress=progress)
     embs = [load_embedding(Path(p)) for p in embeddings]
@@ -115,10 +129,7 @@ def load_sampler(
                 f"{p}: trained on base {e.metadata.get('base_model', '?')} ({h}), sampling with "
                 f"{b.model_id} ({b.model_hash}); the concept may not transfer"
             )
-    sampler = GuidedSampler(
-        b, embs, scheduler=scheduler, steps=steps, guidance=guidance, batch=batch, max_rows=max_rows,
-        guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, progress=progress,
-    )
+    sampler = GuidedSampler(b, embs, **settings.sampler_kwargs(), progress=progress)
     return sampler, warns
 
 
@@ -163,13 +174,7 @@ class GenerateConfig:
     negative: str | None = None
     n: int = 8
     seed: int = 0
-    steps: int = 30
-    guidance: float = 7.5
-    guidance_rescale: float = 0.0  # Lin et al.'s phi (diffusers' guidance_rescale); 0 = off
-    guidance_interval: tuple[float, float] = (0.0, 1.0)  # fractions of the steps that are guided
-    scheduler: str = "dpmpp"
-    batch: int = 8
-    max_rows: int = 64
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
     device: str | None = None
     precision: str = "auto"
     overwrite: bool = False
@@ -207,9 +212,7 @@ def generate_images(cfg: GenerateConfig) -> GenerateResult:
     if out.exists() and not cfg.overwrite and (not out.is_dir() or any(out.iterdir())):
         raise SynthesisError(f"output {out} already exists and is not empty (use --force)")
     sampler, warns = load_sampler(
-        cfg.base, cfg.embeddings, scheduler=cfg.scheduler, steps=cfg.steps, guidance=cfg.guidance,
-        guidance_rescale=cfg.guidance_rescale, guidance_interval=cfg.guidance_interval,
-        batch=cfg.batch, max_rows=cfg.max_rows, device=cfg.device, precision=cfg.precision, progress=cfg.progress,
+        cfg.base, cfg.embeddings, cfg.sampler, device=cfg.device, precision=cfg.precision, progress=cfg.progress
     )
     resolved = _resolve(sampler, cfg.prompt, cfg.negative, "--prompt/--negative")
     versions = sampler.embedding_versions(resolved)
@@ -249,6 +252,7 @@ def _settings(sampler, seed: int, **extra) -> dict[str, Any]:
         "guidance": sampler.guidance,
         "guidance_rescale": sampler.guidance_rescale,
         "guidance_interval": list(sampler.guidance_interval),
+        "guidance_threshold": sampler.guidance_threshold,
         "batch": sampler.batch,
         "max_rows": sampler.max_rows,
         "seed": seed,
@@ -269,13 +273,7 @@ class InterpolateConfig:
     seed: int = 0
     n_seeds: int = 1
     negative: str | None = None
-    steps: int = 30
-    guidance: float = 7.5
-    guidance_rescale: float = 0.0  # Lin et al.'s phi (diffusers' guidance_rescale); 0 = off
-    guidance_interval: tuple[float, float] = (0.0, 1.0)  # fractions of the steps that are guided
-    scheduler: str = "dpmpp"
-    batch: int = 8
-    max_rows: int = 64
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
     device: str | None = None
     precision: str = "auto"
     progress: bool = True
@@ -313,9 +311,7 @@ def interpolate_concepts(cfg: InterpolateConfig) -> InterpolateResult:
     if isinstance(cfg.n_seeds, bool) or not isinstance(cfg.n_seeds, int) or cfg.n_seeds < 1:
         raise SynthesisError(f"--n-seeds {cfg.n_seeds!r} must be an integer >= 1")
     sampler, warns = load_sampler(
-        cfg.base, cfg.embeddings, scheduler=cfg.scheduler, steps=cfg.steps, guidance=cfg.guidance,
-        guidance_rescale=cfg.guidance_rescale, guidance_interval=cfg.guidance_interval,
-        batch=cfg.batch, max_rows=cfg.max_rows, device=cfg.device, precision=cfg.precision, progress=cfg.progress,
+        cfg.base, cfg.embeddings, cfg.sampler, device=cfg.device, precision=cfg.precision, progress=cfg.progress
     )
     from medti.diffusion.prompts import PromptError
 
@@ -361,11 +357,7 @@ class InpaintConfig:
     negative: str | None = None
     strength: float = 0.75
     seed: int = 0
-    steps: int = 30
-    guidance: float = 7.5
-    guidance_rescale: float = 0.0  # Lin et al.'s phi (diffusers' guidance_rescale); 0 = off
-    guidance_interval: tuple[float, float] = (0.0, 1.0)  # fractions of the steps that are guided
-    scheduler: str = "dpmpp"
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)  # inpainting denoises one image: batch 1
     feather: float | None = None  # pixels; None = image size / 32
     dilate: int = 1  # latent pixels
     resample: int = 2  # RePaint passes per step (regular checkpoints); 1 = plain masked denoising
@@ -416,9 +408,8 @@ def inpaint_image(cfg: InpaintConfig) -> InpaintResult:
     if not mask.any():
         raise SynthesisError(f"--mask {cfg.mask} is empty (no pixel > 127): nothing to inpaint")
     sampler, warns = load_sampler(
-        cfg.base, cfg.embeddings, scheduler=cfg.scheduler, steps=cfg.steps, guidance=cfg.guidance,
-        guidance_rescale=cfg.guidance_rescale, guidance_interval=cfg.guidance_interval,
-        batch=1, device=cfg.device, precision=cfg.precision, progress=cfg.progress,
+        cfg.base, cfg.embeddings, replace(cfg.sampler, batch=1), device=cfg.device, precision=cfg.precision,
+        progress=cfg.progress,
     )
     resolved = _resolve(sampler, cfg.prompt, cfg.negative, "--prompt/--negative")
     out = sampler.inpaint(
@@ -443,14 +434,7 @@ class ClassSpec:
 
 
 @dataclass
-class SamplerSpec:
-    scheduler: str = "dpmpp"
-    steps: int = 30
-    guidance: float = 7.5
-    guidance_rescale: float = 0.0  # Lin et al.'s phi (diffusers' guidance_rescale); 0 = off
-    guidance_interval: tuple[float, float] = (0.0, 1.0)  # fractions of the steps that are guided
-    batch: int = 8
-    max_rows: int = 64
+class SamplerSpec(SamplerSettings):
     negative: str | None = None
 
 
@@ -473,7 +457,7 @@ class DatasetSpec:
 
 
 _TOP_KEYS = {"base", "embeddings", "modality", "channels", "findings", "classes", "seed", "split", "name", "sampler"}
-_SAMPLER_KEYS = {"scheduler", "steps", "guidance", "guidance_rescale", "guidance_interval", "batch", "max_rows", "negative"}
+_SAMPLER_KEYS = {f.name for f in fields(SamplerSpec)}
 _CLASS_KEYS = {"name", "prompt", "count", "labels", "negative"}
 
 
@@ -579,6 +563,12 @@ def load_spec(path: Path) -> DatasetSpec:
                 f"{w}: sampler.guidance_interval must be a list [start, stop] of fractions of the steps, "
                 f"0 <= start < stop <= 1, got {iv!r}"
             ) from None
+    if "guidance_threshold" in s:
+        q = s["guidance_threshold"]
+        try:
+            sampler.guidance_threshold = check_guidance_threshold(q)
+        except SynthesisError:
+            raise SynthesisError(f"{w}: sampler.guidance_threshold must be a number from 0 up to 1 (not 1), got {q!r}") from None
     if s.get("negative") is not None:
         sampler.negative = _str(f"{w}: sampler.negative", s["negative"], empty_ok=True)
     classes_raw = d["classes"]
@@ -688,11 +678,7 @@ def synthesize(cfg: SynthesisConfig) -> SynthesisResult:
     if cfg.stop_after is not None and (isinstance(cfg.stop_after, bool) or cfg.stop_after < 1):
         raise SynthesisError(f"stop_after={cfg.stop_after!r} must be an integer >= 1")
     sp = spec.sampler
-    sampler, warns = load_sampler(
-        spec.base, spec.embeddings, scheduler=sp.scheduler, steps=sp.steps, guidance=sp.guidance, guidance_rescale=sp.guidance_rescale,
-        guidance_interval=sp.guidance_interval, batch=sp.batch,
-        max_rows=sp.max_rows, device=cfg.device, precision=cfg.precision, progress=False,
-    )
+    sampler, warns = load_sampler(spec.base, spec.embeddings, sp, device=cfg.device, precision=cfg.precision, progress=False)
     resolved = []
     for i, c in enumerate(spec.classes):
         neg = c.negative if c.negative is not None else sp.negative
