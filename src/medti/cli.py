@@ -331,8 +331,8 @@ _GUIDANCE_INTERVAL = typer.Option(
 
 _GUIDANCE_THRESHOLD = typer.Option(
     0.0, "--guidance-threshold",
-    help="Q in [0, 1): apply each concept's guidance term only where it is among the strongest (1-Q) of the "
-    "latent positions (SEGA's edit threshold, Brack et al. 2023; 0.9 is theirs). Keeps an over-guided concept "
+    help="Q in [0, 1): apply each sub-prompt's guidance term only where it is among the strongest (1-Q) of the "
+    "latent positions, per image and channel (SEGA's edit threshold, Brack et al. 2023; 0.9 is theirs). Keeps an over-guided concept "
     "from spreading over the whole image at high --guidance, and weakens guidance overall; 0 = off.",
 )
 
