@@ -111,10 +111,11 @@ def compose(uncond, conds: Sequence, weights: Sequence[float], scale: float):
     return uncond if acc is None else uncond + scale * acc
 
 
-def check_guidance_rescale(phi: float) -> None:
+def check_guidance_rescale(phi: float) -> float:
     """``phi`` must be a number in [0, 1] (0: plain guidance; 0.7: Lin et al.'s choice for v-prediction)."""
     if isinstance(phi, bool) or not isinstance(phi, int | float) or not 0.0 <= float(phi) <= 1.0:
         raise SynthesisError(f"guidance_rescale={phi!r} must be a number from 0 to 1")
+    return float(phi)
 
 
 def check_guidance_interval(interval) -> tuple[float, float]:
@@ -259,14 +260,13 @@ class GuidedSampler:
         from medti.diffusion.prompts import ConceptSpec
 
         _check_steps(steps, guidance, batch, max_rows)
-        check_guidance_rescale(guidance_rescale)
         if scheduler not in SCHEDULERS:
             raise SynthesisError(f"scheduler {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
         self.base = base
         self.scheduler_name = scheduler
         self.steps, self.guidance, self.batch, self.max_rows = steps, float(guidance), batch, max_rows
         self.eta = float(eta)
-        self.guidance_rescale = float(guidance_rescale)
+        self.guidance_rescale = check_guidance_rescale(guidance_rescale)
         self.guidance_interval = check_guidance_interval(guidance_interval)
         self.guidance_threshold = check_guidance_threshold(guidance_threshold)
         self.progress = progress

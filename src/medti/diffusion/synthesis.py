@@ -547,28 +547,17 @@ def load_spec(path: Path) -> DatasetSpec:
         if isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g):
             raise SynthesisError(f"{w}: sampler.guidance must be a number, got {g!r}")
         sampler.guidance = float(g)
-    if "guidance_rescale" in s:
-        phi = s["guidance_rescale"]
-        try:
-            check_guidance_rescale(phi)
-        except SynthesisError:
-            raise SynthesisError(f"{w}: sampler.guidance_rescale must be a number from 0 to 1, got {phi!r}") from None
-        sampler.guidance_rescale = float(phi)
-    if "guidance_interval" in s:
-        iv = s["guidance_interval"]
-        try:
-            sampler.guidance_interval = check_guidance_interval(iv if isinstance(iv, list) else None)
-        except SynthesisError:
-            raise SynthesisError(
-                f"{w}: sampler.guidance_interval must be a list [start, stop] of fractions of the steps, "
-                f"0 <= start < stop <= 1, got {iv!r}"
-            ) from None
-    if "guidance_threshold" in s:
-        q = s["guidance_threshold"]
-        try:
-            sampler.guidance_threshold = check_guidance_threshold(q)
-        except SynthesisError:
-            raise SynthesisError(f"{w}: sampler.guidance_threshold must be a number from 0 up to 1 (not 1), got {q!r}") from None
+    for key, check, rule in (
+        ("guidance_rescale", check_guidance_rescale, "a number from 0 to 1"),
+        ("guidance_interval", lambda v: check_guidance_interval(v if isinstance(v, list) else None),
+         "a list [start, stop] of fractions of the steps, 0 <= start < stop <= 1"),
+        ("guidance_threshold", check_guidance_threshold, "a number from 0 up to 1 (not 1)"),
+    ):
+        if key in s:
+            try:
+                setattr(sampler, key, check(s[key]))
+            except SynthesisError:
+                raise SynthesisError(f"{w}: sampler.{key} must be {rule}, got {s[key]!r}") from None
     if s.get("negative") is not None:
         sampler.negative = _str(f"{w}: sampler.negative", s["negative"], empty_ok=True)
     classes_raw = d["classes"]
