@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--guidance-rescale", type=float, default=0.0)
     ap.add_argument("--guidance-interval", default="0,1", help="START,STOP fractions of the steps that are guided")
     ap.add_argument("--guidance-threshold", type=float, default=0.0, help="SEGA edit threshold per guidance term")
+    ap.add_argument("--scheduler", default="dpmpp", help="sampler scheduler (the science run's: dpmpp)")
+    ap.add_argument("--steps", type=int, default=25, help="sampling steps (the science run's: 25)")
     ap.add_argument("--n", type=int, default=100, help="images per prompt")
     args = ap.parse_args()
 
@@ -44,13 +46,13 @@ def main() -> None:
     base = load_base("tiny")
     embs = [load_embedding(args.emb_dir / f"{c}.safetensors") for c in ("pleural_effusion", "pneumonia")]
     cxr = wordings("modality")[1]
-    print(f"embeddings {args.emb_dir} (run --seed {args.seed}); n {args.n} per prompt; guidance rescale {args.guidance_rescale:g}; "
+    print(f"embeddings {args.emb_dir} (run --seed {args.seed}); n {args.n} per prompt; {args.scheduler}, {args.steps} steps; guidance rescale {args.guidance_rescale:g}; "
           f"guidance interval {args.guidance_interval}; guidance threshold {args.guidance_threshold:g}\n")
     print("| guidance | " + " | ".join(f"`{p}`: effusion / pneumonia / both" for p in COMPOSITION_PROMPTS) + " | ratio | s |")
     print("|---|" + "---|" * len(COMPOSITION_PROMPTS) + "---|---|")
     for g in (float(x) for x in args.guidance.split(",")):
         t = time.time()
-        sampler = GuidedSampler(base, embs, scheduler="dpmpp", steps=25, guidance=g, batch=16,
+        sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=args.steps, guidance=g, batch=16,
                                 guidance_rescale=args.guidance_rescale,
                                 guidance_interval=parse_guidance_interval(args.guidance_interval),
                                 guidance_threshold=args.guidance_threshold)
