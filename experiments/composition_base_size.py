@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, required=True, help="as synthesis_science.py --seed: phantoms, TI and noise")
     ap.add_argument("--work", type=Path, required=True, help="keeps base/ and embeddings/ between runs")
     ap.add_argument("--guidance", default="3,7.5")
+    ap.add_argument("--scheduler", default="dpmpp", help="sampler scheduler (the science run's: dpmpp)")
     ap.add_argument("--n", type=int, default=100, help="images per prompt")
     args = ap.parse_args()
 
@@ -83,19 +84,19 @@ def main() -> None:
     embs = [load_embedding(emb_dir / f"{c}.safetensors") for c in CONCEPTS]
     base = load_base(str(base_dir))
     cxr = wordings("modality")[1]
-    print(f"\nbase {base_dir} ({base.image_size} px); embeddings {emb_dir}; n {args.n} per prompt; dpmpp, 25 steps\n")
+    print(f"\nbase {base_dir} ({base.image_size} px); embeddings {emb_dir}; n {args.n} per prompt; {args.scheduler}, 25 steps\n")
     print("| guidance | " + " | ".join(f"`{c}`: effusion / pneumonia / both" for c in (*CONCEPTS, " AND ".join(CONCEPTS)))
           + " | ratio | s |")
     print("|---|---|---|---|---|---|")
     for g in (float(x) for x in args.guidance.split(",")):
         t = time.time()
-        sampler = GuidedSampler(base, embs, scheduler="dpmpp", steps=25, guidance=g, batch=16)
+        sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=25, guidance=g, batch=16)
         comp, ratio = composition(sampler, cxr, args.n, first_seed(20_000, args.seed), "frontal chest radiograph")
         cells = " | ".join(f"{v['eff']:.2f} / {v['pna']:.2f} / {v['both']:.2f}" for v in comp.values())
         print(f"| {g:g} | {cells} | {ratio:.2f}x | {time.time() - t:.0f} |", flush=True)
         grid = grid_image([im for v in comp.values() for im in v["images"][:8]], cols=8)
         tag = f"{g:g}".replace(".", "_")
-        Image.fromarray(np.asarray(grid)).convert("L").save(args.work / f"composition_g{tag}.png")
+        Image.fromarray(np.asarray(grid)).convert("L").save(args.work / f"composition_{args.scheduler}_g{tag}.png")
 
 
 if __name__ == "__main__":
