@@ -37,9 +37,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="images per prompt")
     args = ap.parse_args()
 
-    import numpy as np
     from PIL import Image
-    from synthesis_science import composition, first_seed, wordings
+    from synthesis_science import COMPOSITION_PROMPTS, composition, first_seed, wordings
 
     from medti._quiet import quiet_libraries
     from medti.data.phantoms import PhantomConfig, generate_phantoms
@@ -85,9 +84,8 @@ def main() -> None:
     base = load_base(str(base_dir))
     cxr = wordings("modality")[1]
     print(f"\nbase {base_dir} ({base.image_size} px); embeddings {emb_dir}; n {args.n} per prompt; {args.scheduler}, 25 steps\n")
-    print("| guidance | " + " | ".join(f"`{c}`: effusion / pneumonia / both" for c in (*CONCEPTS, " AND ".join(CONCEPTS)))
-          + " | ratio | s |")
-    print("|---|---|---|---|---|---|")
+    print("| guidance | " + " | ".join(f"`{p}`: effusion / pneumonia / both" for p in COMPOSITION_PROMPTS) + " | ratio | s |")
+    print("|---|" + "---|" * len(COMPOSITION_PROMPTS) + "---|---|")
     for g in (float(x) for x in args.guidance.split(",")):
         t = time.time()
         sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=25, guidance=g, batch=16)
@@ -96,7 +94,7 @@ def main() -> None:
         print(f"| {g:g} | {cells} | {ratio:.2f}x | {time.time() - t:.0f} |", flush=True)
         grid = grid_image([im for v in comp.values() for im in v["images"][:8]], cols=8)
         tag = f"{g:g}".replace(".", "_")
-        Image.fromarray(np.asarray(grid)).convert("L").save(args.work / f"composition_{args.scheduler}_g{tag}.png")
+        Image.fromarray(grid).convert("L").save(args.work / f"composition_{args.scheduler}_g{tag}.png")
 
 
 if __name__ == "__main__":
