@@ -38,7 +38,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from PIL import Image
-    from synthesis_science import COMPOSITION_PROMPTS, composition, first_seed, wordings
+    from synthesis_science import (
+        composition,
+        composition_table_header,
+        composition_table_row,
+        first_seed,
+        wordings,
+    )
 
     from medti._quiet import quiet_libraries
     from medti.data.phantoms import PhantomConfig, generate_phantoms
@@ -84,14 +90,12 @@ def main() -> None:
     base = load_base(str(base_dir))
     cxr = wordings("modality")[1]
     print(f"\nbase {base_dir} ({base.image_size} px); embeddings {emb_dir}; n {args.n} per prompt; {args.scheduler}, 25 steps\n")
-    print("| guidance | " + " | ".join(f"`{p}`: effusion / pneumonia / both" for p in COMPOSITION_PROMPTS) + " | ratio | s |")
-    print("|---|" + "---|" * len(COMPOSITION_PROMPTS) + "---|---|")
+    print(composition_table_header())
     for g in (float(x) for x in args.guidance.split(",")):
         t = time.time()
         sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=25, guidance=g, batch=16)
         comp, ratio = composition(sampler, cxr, args.n, first_seed(20_000, args.seed), "frontal chest radiograph")
-        cells = " | ".join(f"{v['eff']:.2f} / {v['pna']:.2f} / {v['both']:.2f}" for v in comp.values())
-        print(f"| {g:g} | {cells} | {ratio:.2f}x | {time.time() - t:.0f} |", flush=True)
+        print(composition_table_row(g, comp, ratio, time.time() - t), flush=True)
         grid = grid_image([im for v in comp.values() for im in v["images"][:8]], cols=8)
         tag = f"{g:g}".replace(".", "_")
         Image.fromarray(grid).convert("L").save(args.work / f"composition_{args.scheduler}_g{tag}.png")

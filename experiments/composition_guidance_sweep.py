@@ -35,7 +35,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="images per prompt")
     args = ap.parse_args()
 
-    from synthesis_science import COMPOSITION_PROMPTS, composition, first_seed, wordings
+    from synthesis_science import (
+        composition,
+        composition_table_header,
+        composition_table_row,
+        first_seed,
+        wordings,
+    )
 
     from medti._quiet import quiet_libraries
     from medti.diffusion.base import load_base
@@ -48,8 +54,7 @@ def main() -> None:
     cxr = wordings("modality")[1]
     print(f"embeddings {args.emb_dir} (run --seed {args.seed}); n {args.n} per prompt; {args.scheduler}, {args.steps} steps; guidance rescale {args.guidance_rescale:g}; "
           f"guidance interval {args.guidance_interval}; guidance threshold {args.guidance_threshold:g}\n")
-    print("| guidance | " + " | ".join(f"`{p}`: effusion / pneumonia / both" for p in COMPOSITION_PROMPTS) + " | ratio | s |")
-    print("|---|" + "---|" * len(COMPOSITION_PROMPTS) + "---|---|")
+    print(composition_table_header())
     for g in (float(x) for x in args.guidance.split(",")):
         t = time.time()
         sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=args.steps, guidance=g, batch=16,
@@ -57,8 +62,7 @@ def main() -> None:
                                 guidance_interval=parse_guidance_interval(args.guidance_interval),
                                 guidance_threshold=args.guidance_threshold)
         comp, ratio = composition(sampler, cxr, args.n, first_seed(20_000, args.seed), "frontal chest radiograph")
-        cells = " | ".join(f"{v['eff']:.2f} / {v['pna']:.2f} / {v['both']:.2f}" for v in comp.values())
-        print(f"| {g:g} | {cells} | {ratio:.2f}x | {time.time() - t:.0f} |", flush=True)
+        print(composition_table_row(g, comp, ratio, time.time() - t), flush=True)
 
 
 if __name__ == "__main__":

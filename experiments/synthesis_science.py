@@ -352,6 +352,18 @@ def composition(sampler, cxr, n: int, seed: int, negative: str) -> tuple[dict, f
     return comp, (both / single if single > 0 else float("inf"))
 
 
+def composition_table_header() -> str:
+    """Header of the one-row-per-guidance composition table the composition experiments print."""
+    cols = " | ".join(f"`{p}`: effusion / pneumonia / both" for p in COMPOSITION_PROMPTS)
+    return f"| guidance | {cols} | ratio | s |\n|---|" + "---|" * len(COMPOSITION_PROMPTS) + "---|---|"
+
+
+def composition_table_row(g: float, comp: dict, ratio: float, seconds: float) -> str:
+    """One row of :func:`composition_table_header`'s table: :func:`composition`'s result at guidance ``g``."""
+    cells = " | ".join(f"{v['eff']:.2f} / {v['pna']:.2f} / {v['both']:.2f}" for v in comp.values())
+    return f"| {g:g} | {cells} | {ratio:.2f}x | {seconds:.0f} |"
+
+
 def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dict:
     """All three measurements at guidance ``g``; figures written to ``img_dir``."""
     import numpy as np
