@@ -9,6 +9,9 @@ embeddings are kept under ``--work`` and reused when present, so a second run on
 
     python experiments/composition_base_size.py --image-size 128 --seed 8 --work /tmp/base128
 
+``--cxr-prevalence`` sets the CXR corpus's prevalence of each finding (the shipped recipe's is 0.5, the
+labelled cases' 0.25); the recipe is written to ``--work``/recipe.json and a reused dir must match it.
+
 On 2 CPU cores at 128 px: base ~46 min, each concept ~12.5 min, each guidance scale ~2 min.
 Prints a markdown table and writes the first 8 images per prompt at each guidance to ``--work``.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -35,6 +39,8 @@ def main() -> None:
     ap.add_argument("--guidance", default="3,7.5")
     ap.add_argument("--scheduler", default="dpmpp", help="sampler scheduler (the science run's: dpmpp)")
     ap.add_argument("--n", type=int, default=100, help="images per prompt")
+    ap.add_argument("--cxr-prevalence", type=float, default=0.5,
+                    help="prevalence of each finding in the base's CXR corpus (shipped recipe: 0.5)")
     args = ap.parse_args()
 
     from PIL import Image
@@ -59,17 +65,27 @@ def main() -> None:
     name = f"tiny{args.image_size}"
     SPECS[name] = spec = dataclasses.replace(SPECS["tiny"], name=name, image_size=args.image_size)
     base_dir = args.work / "base"
-    if not (base_dir / "model_index.json").exists():
+    recipe = {"image_size": args.image_size, "cxr_prevalence": args.cxr_prevalence}
+    recipe_file = args.work / "recipe.json"
+    if (base_dir / "model_index.json").exists():
+        # dirs from before the option hold the shipped corpus (0.5) at the base's own size
+        found = json.loads(recipe_file.read_text()) if recipe_file.exists() else {
+            "image_size": load_base(str(base_dir)).image_size, "cxr_prevalence": 0.5}
+        if found != recipe:
+            sys.exit(f"{args.work}: its base was built as {found}, not {recipe}; use another --work")
+    else:
         t = time.time()
         with tempfile.TemporaryDirectory() as tmp:
             dirs = []
             for i, kind in enumerate(("prostate", "cxr")):  # as build_tiny renders its corpora
                 d = Path(tmp) / kind
                 generate_phantoms(PhantomConfig(kind=kind, out=d, n=spec.corpus_per_modality, size=spec.image_size,
-                                                seed=1000 + i, unlabeled=True, positive_fraction=0.5))
+                                                seed=1000 + i, unlabeled=True,
+                                                positive_fraction=args.cxr_prevalence if kind == "cxr" else 0.5))
                 dirs.append(d)
             res = train_base(BaseTrainConfig(data=dirs, out=base_dir, spec=name, seed=spec.seed, progress=False))
         print(f"{res.summary()} ({time.time() - t:.0f} s with the corpora)", flush=True)
+        recipe_file.write_text(json.dumps(recipe) + "\n")
     emb_dir = args.work / f"embeddings_seed{args.seed}"
     with tempfile.TemporaryDirectory() as tmp:
         data = None
@@ -89,7 +105,7 @@ def main() -> None:
     embs = [load_embedding(emb_dir / f"{c}.safetensors") for c in CONCEPTS]
     base = load_base(str(base_dir))
     cxr = wordings("modality")[1]
-    print(f"\nbase {base_dir} ({base.image_size} px); embeddings {emb_dir}; n {args.n} per prompt; {args.scheduler}, 25 steps\n")
+    print(f"\nbase {base_dir} ({base.image_size} px, CXR corpus prevalence {args.cxr_prevalence:g}); embeddings {emb_dir}; n {args.n} per prompt; {args.scheduler}, 25 steps\n")
     print(composition_table_header())
     for g in (float(x) for x in args.guidance.split(",")):
         t = time.time()
