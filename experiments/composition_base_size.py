@@ -114,7 +114,7 @@ def main() -> None:
         print(composition_table_row(g, comp, ratio, time.time() - t), flush=True)
         grid = grid_image([im for v in comp.values() for im in v["images"][:8]], cols=8)
         tag = f"{g:g}".replace(".", "_")
-        Image.fromarray(grid).convert("L").save(args.work / f"composition_{args.scheduler}_g{tag}.png")
+        Image.fromarray(grid).convert("L").save(args.work / f"composition_seed{args.seed}_{args.scheduler}_g{tag}.png")
 
 
 if __name__ == "__main__":
