@@ -30,6 +30,8 @@ experiment's - and 7.5 - the sampler's default); all are reported, none is picke
 
 Needs the trained tiny base in the cache (it is not built here: that takes ~16 min).  Writes the
 "synthesis" section of docs/results.md and docs/img/synthesis_{interpolation,composition,inpainting}_g*.png.
+``--base DIR --no-write`` measures a development base instead (e.g. ``composition_base_size.py``'s
+``--work``/base), with the phantoms rendered at its image size; only the shipped tiny base is published.
 """
 
 from __future__ import annotations
@@ -127,6 +129,9 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="keep the embeddings in this dir")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--base", default="tiny",
+                    help="base model (a diffusers dir, e.g. composition_base_size.py's --work/base); phantoms are rendered "
+                         "at its image size; anything but the shipped 'tiny' needs --no-write")
     ap.add_argument("--cxr-prevalence", type=float, default=0.25, help="prevalence of each CXR finding in the phantoms")
     ap.add_argument(
         "--isolate", action="store_true",
@@ -164,7 +169,11 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     img_dir = Path(tempfile.mkdtemp(prefix="synthesis-figures-")) if args.no_write else ROOT / "docs" / "img"
-    if not (embedded_dir("tiny") / "model_index.json").exists():
+    if args.base != "tiny" and not args.no_write:
+        sys.exit(f"--base {args.base}: docs/results.md publishes the shipped tiny base only; add --no-write")
+    # a development base renders the phantoms at its own size (the shipped tiny's is the phantoms' default, 64)
+    size = {} if args.base == "tiny" else {"size": load_base(args.base).image_size}
+    if args.base == "tiny" and not (embedded_dir("tiny") / "model_index.json").exists():
         sys.exit(f"the trained tiny base is not in the cache ({embedded_dir('tiny')}); build it first "
                  "(`medti base build tiny`, ~16 min) or set MEDTI_CACHE")
     t_all = time.time()
@@ -180,7 +189,7 @@ def main() -> None:
         data = {
             kind: generate_phantoms(
                 PhantomConfig(kind=kind, out=tmp / kind, n=n_phantoms[kind], seed=args.seed,
-                              positive_fraction=args.cxr_prevalence if kind == "cxr" else 0.5)
+                              positive_fraction=args.cxr_prevalence if kind == "cxr" else 0.5, **size)
             ).out
             for kind in ("prostate", "cxr")
         }
@@ -199,7 +208,7 @@ def main() -> None:
             t = time.time()
             res[concept] = train_embedding(
                 EmbeddingConfig(
-                    data=data[kind], concept=concept, where=where, base="tiny", vectors=vectors[kind],
+                    data=data[kind], concept=concept, where=where, base=args.base, vectors=vectors[kind],
                     steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, init_text=init,
                     out=emb_dir / f"{concept}.safetensors", n_samples=0, max_images=100, progress=False,
                 )
@@ -210,7 +219,7 @@ def main() -> None:
         real_neg = [load_image(c.path) for c in Dataset(data["prostate"]).cases(split="test", where={"csPCa": 0})]
         embs = [load_embedding(r.path) for r in res.values()]
 
-    base = load_base("tiny")
+    base = load_base(args.base)
     cases = healthy_cases_with_lesion_masks(args.n_inpaint, base.image_size, seed=inpaint_case_seed(args.seed))
     guidances = [float(g) for g in args.guidance.split(",")]
     runs = [measure(base, embs, g, args, cases, img_dir, secs) for g in guidances]
@@ -263,7 +272,7 @@ def main() -> None:
     from medti.diffusion.guided import GuidedSampler, parse_guidance_interval
 
     resample = args.resample if args.resample is not None else inspect.signature(GuidedSampler.inpaint).parameters["resample"].default
-    body = f"""## Synthesis: interpolation, composition, inpainting (tiny base, {embedded_dir('tiny').name})
+    body = f"""## Synthesis: interpolation, composition, inpainting ({'tiny base, ' + embedded_dir('tiny').name if args.base == 'tiny' else 'base ' + str(args.base)})
 
 `python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --prostate-vectors {args.prostate_vectors} --cxr-vectors {args.cxr_vectors} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --guidance-rescale {args.guidance_rescale:g}' if args.guidance_rescale else ''}{f' --guidance-interval {args.guidance_interval}' if parse_guidance_interval(args.guidance_interval) != (0.0, 1.0) else ''}{f' --resample {args.resample}' if args.resample is not None else ''}{f' --seed {args.seed}' if args.seed else ''}{f' --threads {args.threads}' if args.threads else ''}`
 on {machine()}; {total / 60:.1f} min in all.
