@@ -44,20 +44,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from PIL import Image
-    from synthesis_science import (
-        composition,
-        composition_table_header,
-        composition_table_row,
-        first_seed,
-        wordings,
-    )
+    from synthesis_science import composition_sweep
 
     from medti._quiet import quiet_libraries
     from medti.data.phantoms import PhantomConfig, generate_phantoms
     from medti.diffusion.base import SPECS, load_base
     from medti.diffusion.base_train import BaseTrainConfig, train_base
     from medti.diffusion.embeddings import load_embedding
-    from medti.diffusion.guided import GuidedSampler
     from medti.diffusion.sampling import grid_image
     from medti.diffusion.textual_inversion import EmbeddingConfig, train_embedding
 
@@ -104,18 +97,11 @@ def main() -> None:
             print(f"trained {concept}: final loss {r.final_loss:.4f}, {time.time() - t:.0f} s", flush=True)
     embs = [load_embedding(emb_dir / f"{c}.safetensors") for c in CONCEPTS]
     base = load_base(str(base_dir))
-    cxr = wordings("modality")[1]
     print(f"\nbase {base_dir} ({base.image_size} px, CXR corpus prevalence {args.cxr_prevalence:g}); embeddings {emb_dir}; n {args.n} per prompt; {args.scheduler}, 25 steps\n")
-    print(composition_table_header())
-    for g in (float(x) for x in args.guidance.split(",")):
-        t = time.time()
-        sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=25, guidance=g, batch=16)
-        comp, ratio = composition(sampler, cxr, args.n, first_seed(20_000, args.seed), "frontal chest radiograph")
-        print(composition_table_row(g, comp, ratio, time.time() - t), flush=True)
+    for g, comp in composition_sweep(base, embs, args.guidance, args.seed, args.n, scheduler=args.scheduler, steps=25):
         grid = grid_image([im for v in comp.values() for im in v["images"][:8]], cols=8)
         tag = f"{g:g}".replace(".", "_")
         Image.fromarray(grid).convert("L").save(args.work / f"composition_seed{args.seed}_{args.scheduler}_g{tag}.png")
-
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,35 +34,22 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="images per prompt")
     args = ap.parse_args()
 
-    from synthesis_science import (
-        composition,
-        composition_table_header,
-        composition_table_row,
-        first_seed,
-        wordings,
-    )
+    from synthesis_science import composition_sweep
 
     from medti._quiet import quiet_libraries
     from medti.diffusion.base import load_base
     from medti.diffusion.embeddings import load_embedding
-    from medti.diffusion.guided import GuidedSampler, parse_guidance_interval
+    from medti.diffusion.guided import parse_guidance_interval
 
     quiet_libraries()
     base = load_base("tiny")
     embs = [load_embedding(args.emb_dir / f"{c}.safetensors") for c in ("pleural_effusion", "pneumonia")]
-    cxr = wordings("modality")[1]
     print(f"embeddings {args.emb_dir} (run --seed {args.seed}); n {args.n} per prompt; {args.scheduler}, {args.steps} steps; guidance rescale {args.guidance_rescale:g}; "
           f"guidance interval {args.guidance_interval}; guidance threshold {args.guidance_threshold:g}\n")
-    print(composition_table_header())
-    for g in (float(x) for x in args.guidance.split(",")):
-        t = time.time()
-        sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=args.steps, guidance=g, batch=16,
-                                guidance_rescale=args.guidance_rescale,
-                                guidance_interval=parse_guidance_interval(args.guidance_interval),
-                                guidance_threshold=args.guidance_threshold)
-        comp, ratio = composition(sampler, cxr, args.n, first_seed(20_000, args.seed), "frontal chest radiograph")
-        print(composition_table_row(g, comp, ratio, time.time() - t), flush=True)
-
+    composition_sweep(base, embs, args.guidance, args.seed, args.n, scheduler=args.scheduler, steps=args.steps,
+                      guidance_rescale=args.guidance_rescale,
+                      guidance_interval=parse_guidance_interval(args.guidance_interval),
+                      guidance_threshold=args.guidance_threshold)
 
 if __name__ == "__main__":
     main()

@@ -373,6 +373,25 @@ def composition_table_row(g: float, comp: dict, ratio: float, seconds: float) ->
     return f"| {g:g} | {cells} | {ratio:.2f}x | {seconds:.0f} |"
 
 
+def composition_sweep(base, embs, guidances: str, seed: int, n: int, **sampler_kw) -> list[tuple[float, dict]]:
+    """Measurement 2 at each of the comma-separated ``guidances`` on concepts ``embs`` (pleural_effusion,
+    pneumonia) trained by a ``--seed seed`` run, with that run's noise and negative prompt; prints
+    :func:`composition_table_header`'s table row by row and returns [(guidance, composition's result)].
+    ``sampler_kw`` goes to the :class:`GuidedSampler` (scheduler, steps, guidance options)."""
+    from medti.diffusion.guided import GuidedSampler
+
+    cxr = wordings("modality")[1]
+    print(composition_table_header())
+    out = []
+    for g in (float(x) for x in guidances.split(",")):
+        t = time.time()
+        sampler = GuidedSampler(base, embs, guidance=g, batch=16, **sampler_kw)
+        comp, ratio = composition(sampler, cxr, n, first_seed(20_000, seed), "frontal chest radiograph")
+        print(composition_table_row(g, comp, ratio, time.time() - t), flush=True)
+        out.append((g, comp))
+    return out
+
+
 def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dict:
     """All three measurements at guidance ``g``; figures written to ``img_dir``."""
     import numpy as np
