@@ -171,11 +171,10 @@ def main() -> None:
     img_dir = Path(tempfile.mkdtemp(prefix="synthesis-figures-")) if args.no_write else ROOT / "docs" / "img"
     if args.base != "tiny" and not args.no_write:
         sys.exit(f"--base {args.base}: docs/results.md publishes the shipped tiny base only; add --no-write")
-    # a development base renders the phantoms at its own size (the shipped tiny's is the phantoms' default, 64)
-    size = {} if args.base == "tiny" else {"size": load_base(args.base).image_size}
     if args.base == "tiny" and not (embedded_dir("tiny") / "model_index.json").exists():
         sys.exit(f"the trained tiny base is not in the cache ({embedded_dir('tiny')}); build it first "
                  "(`medti base build tiny`, ~16 min) or set MEDTI_CACHE")
+    base = load_base(args.base)  # the phantoms are rendered at its image size
     t_all = time.time()
     secs: dict[str, float] = {}
     # enough CXR phantoms for 100 training cases per concept (34 % of cases are in the train split)
@@ -189,7 +188,7 @@ def main() -> None:
         data = {
             kind: generate_phantoms(
                 PhantomConfig(kind=kind, out=tmp / kind, n=n_phantoms[kind], seed=args.seed,
-                              positive_fraction=args.cxr_prevalence if kind == "cxr" else 0.5, **size)
+                              positive_fraction=args.cxr_prevalence if kind == "cxr" else 0.5, size=base.image_size)
             ).out
             for kind in ("prostate", "cxr")
         }
@@ -219,7 +218,6 @@ def main() -> None:
         real_neg = [load_image(c.path) for c in Dataset(data["prostate"]).cases(split="test", where={"csPCa": 0})]
         embs = [load_embedding(r.path) for r in res.values()]
 
-    base = load_base(args.base)
     cases = healthy_cases_with_lesion_masks(args.n_inpaint, base.image_size, seed=inpaint_case_seed(args.seed))
     guidances = [float(g) for g in args.guidance.split(",")]
     runs = [measure(base, embs, g, args, cases, img_dir, secs) for g in guidances]
