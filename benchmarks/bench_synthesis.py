@@ -44,8 +44,9 @@ def build(model: str, device: str, dtype):
         comps, label = sd2_components(), "SD 2.0-base configs (v-prediction), random weights, 512 px"
     else:
         comps, label = tiny_components()
-        label += ", 64 px"
     base = Base(ref=model, model_id=model, model_hash="", **comps)
+    if model != "sd2":
+        label += f", {base.image_size} px"
     for m in (base.text_encoder, base.unet, base.vae):
         m.requires_grad_(False)
         m.eval()

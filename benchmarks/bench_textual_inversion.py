@@ -90,6 +90,13 @@ def tiny_components():
     return build_components(spec, train_tokenizer(BASE_VOCAB_TEXT, spec.vocab_size)), "tiny architecture (random weights)"
 
 
+def image_size(model: str) -> int:
+    """Pixels of the benchmarked model's images: SD 2.0-base's 512, or the embedded tiny base's."""
+    from medti.diffusion.base import SPECS
+
+    return 512 if model == "sd2" else SPECS["tiny"].image_size
+
+
 def make_data(size: int, out: Path) -> Path:
     from medti.data.phantoms import PhantomConfig, generate_phantoms
 
@@ -248,7 +255,7 @@ def child(args) -> None:
     quiet_libraries()
     torch.manual_seed(0)
     comps, label = (sd2_components(), "SD 2.0-base configs, random weights") if args.model == "sd2" else tiny_components()
-    size = 512 if args.model == "sd2" else 64
+    size = image_size(args.model)
     paths = load_images(Path(args.data), size)
     fn = run_reference if args.method == "reference" else run_medti
     kw = {"gradient_checkpointing": True} if args.method == "medti-ckpt" else {}
@@ -283,7 +290,7 @@ def main() -> None:
 
     from _report import machine, write_section
 
-    size = 512 if args.model == "sd2" else 64
+    size = image_size(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(size, Path(tmp) / "data")
         results = {}

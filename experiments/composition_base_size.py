@@ -1,7 +1,9 @@
-"""Composition on a tiny base built at another image size (a lead on what limits composition at guidance 7.5).
+"""Composition on a tiny base built at another image size or CXR corpus prevalence (the levers found on
+composition at guidance 7.5).
 
-Builds the embedded tiny base's recipe (same corpora, architecture, steps and seed; only ``--image-size``
-changed, so the latents grow with it at the VAE's factor 4), trains the two CXR concepts on it as
+Builds the embedded tiny base's recipe (``build_tiny``: same corpora, architecture, steps and seed; only
+``--image-size`` and ``--cxr-prevalence`` changed, each defaulting to the shipped recipe's; the latents grow
+with the size at the VAE's factor 4), trains the two CXR concepts on it as
 ``experiments/synthesis_science.py --seed S`` trains them on the shipped base (1300 phantoms at prevalence 0.25,
 rendered at that size; first 100 matching training cases; 16 vectors, 6000 steps, batch 8, lr 0.005), and
 measures composition as that run does (its measurement 2, the same noise seeds).  The base and the
@@ -9,8 +11,8 @@ embeddings are kept under ``--work`` and reused when present, so a second run on
 
     python experiments/composition_base_size.py --image-size 128 --seed 8 --work /tmp/base128
 
-``--cxr-prevalence`` sets the CXR corpus's prevalence of each finding (the shipped recipe's is 0.5, the
-labelled cases' 0.25); the recipe is written to ``--work``/recipe.json and a reused dir must match it.
+``--cxr-prevalence`` sets the CXR corpus's prevalence of each finding (tiny-v7's was 0.5, the labelled
+cases' is 0.25); the recipe is written to ``--work``/recipe.json and a reused dir must match it.
 
 On 2 CPU cores at 128 px: base ~46 min, each concept ~12.5 min, each guidance scale ~2 min.
 Prints a markdown table and writes the first 8 images per prompt at each guidance to ``--work``.
@@ -33,14 +35,15 @@ CONCEPTS = ("pleural_effusion", "pneumonia")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--image-size", type=int, default=None, help="default: the shipped recipe's")
     ap.add_argument("--seed", type=int, required=True, help="as synthesis_science.py --seed: phantoms, TI and noise")
     ap.add_argument("--work", type=Path, required=True, help="keeps base/ and embeddings/ between runs")
     ap.add_argument("--guidance", default="3,7.5")
     ap.add_argument("--scheduler", default="dpmpp", help="sampler scheduler (the science run's: dpmpp)")
     ap.add_argument("--n", type=int, default=100, help="images per prompt")
-    ap.add_argument("--cxr-prevalence", type=float, default=0.5,
-                    help="prevalence of each finding in the base's CXR corpus (shipped recipe: 0.5)")
+    ap.add_argument("--cxr-prevalence", type=float, default=None,
+                    help="prevalence of each finding in the base's CXR corpus (default: the shipped recipe's, 0.25 "
+                    "since tiny-v8; 0.5 before)")
     args = ap.parse_args()
 
     from PIL import Image
@@ -49,35 +52,31 @@ def main() -> None:
     from medti._quiet import quiet_libraries
     from medti.data.phantoms import PhantomConfig, generate_phantoms
     from medti.diffusion.base import SPECS, load_base
-    from medti.diffusion.base_train import BaseTrainConfig, train_base
+    from medti.diffusion.base_train import build_tiny
     from medti.diffusion.embeddings import load_embedding
     from medti.diffusion.sampling import grid_image
     from medti.diffusion.textual_inversion import EmbeddingConfig, train_embedding
 
     quiet_libraries()
+    args.image_size = args.image_size or SPECS["tiny"].image_size
     name = f"tiny{args.image_size}"
-    SPECS[name] = spec = dataclasses.replace(SPECS["tiny"], name=name, image_size=args.image_size)
+    if args.cxr_prevalence is None:
+        args.cxr_prevalence = SPECS["tiny"].cxr_corpus_prevalence
+    SPECS[name] = spec = dataclasses.replace(SPECS["tiny"], name=name, image_size=args.image_size,
+                                             cxr_corpus_prevalence=args.cxr_prevalence)
     base_dir = args.work / "base"
     recipe = {"image_size": args.image_size, "cxr_prevalence": args.cxr_prevalence}
     recipe_file = args.work / "recipe.json"
     if (base_dir / "model_index.json").exists():
-        # dirs from before the option hold the shipped corpus (0.5) at the base's own size
+        # dirs from before the option hold tiny-v7's corpus (0.5) at the base's own size
         found = json.loads(recipe_file.read_text()) if recipe_file.exists() else {
             "image_size": load_base(str(base_dir)).image_size, "cxr_prevalence": 0.5}
         if found != recipe:
             sys.exit(f"{args.work}: its base was built as {found}, not {recipe}; use another --work")
     else:
         t = time.time()
-        with tempfile.TemporaryDirectory() as tmp:
-            dirs = []
-            for i, kind in enumerate(("prostate", "cxr")):  # as build_tiny renders its corpora
-                d = Path(tmp) / kind
-                generate_phantoms(PhantomConfig(kind=kind, out=d, n=spec.corpus_per_modality, size=spec.image_size,
-                                                seed=1000 + i, unlabeled=True,
-                                                positive_fraction=args.cxr_prevalence if kind == "cxr" else 0.5))
-                dirs.append(d)
-            res = train_base(BaseTrainConfig(data=dirs, out=base_dir, spec=name, seed=spec.seed, progress=False))
-        print(f"{res.summary()} ({time.time() - t:.0f} s with the corpora)", flush=True)
+        build_tiny(base_dir, progress=False, spec=name)
+        print(f"built {base_dir} in {time.time() - t:.0f} s with the corpora", flush=True)
         recipe_file.write_text(json.dumps(recipe) + "\n")
     emb_dir = args.work / f"embeddings_seed{args.seed}"
     with tempfile.TemporaryDirectory() as tmp:

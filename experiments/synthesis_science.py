@@ -116,6 +116,9 @@ def main() -> None:
     ap.add_argument("--n-comp", type=int, default=100, help="images per composition prompt")
     ap.add_argument("--n-inpaint", type=int, default=100, help="healthy cases to inpaint")
     ap.add_argument("--scheduler", default="dpmpp")
+    ap.add_argument("--comp-scheduler", default=None,
+                    help="scheduler(s) of measurement 2, comma-separated, each reported (default: --scheduler); the first "
+                    "one's images are the composition figure")
     ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--guidance", default="3,7.5", help="guidance scale(s), comma-separated; every one is reported")
     ap.add_argument("--guidance-rescale", type=float, default=0.0,
@@ -147,6 +150,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.vectors is not None:
         args.prostate_vectors = args.cxr_vectors = args.vectors
+    comp_schedulers = (args.comp_scheduler or args.scheduler).split(",")
 
     import numpy as np
 
@@ -220,7 +224,7 @@ def main() -> None:
 
     cases = healthy_cases_with_lesion_masks(args.n_inpaint, base.image_size, seed=inpaint_case_seed(args.seed))
     guidances = [float(g) for g in args.guidance.split(",")]
-    runs = [measure(base, embs, g, args, cases, img_dir, secs) for g in guidances]
+    runs = [measure(base, embs, g, args, comp_schedulers, cases, img_dir) for g in guidances]
     total = time.time() - t_all
 
     def ok(flag: bool) -> str:
@@ -235,10 +239,11 @@ def main() -> None:
         for r in runs
     )
     comp_rows = "\n".join(
-        f"| {gs(r['g'])} | `{k}` | {v['eff']:.2f} | {v['pna']:.2f} | {v['both']:.2f} | {v['nan']:.2f} |"
-        for r in runs for k, v in r["comp"].items()
+        f"| {gs(r['g'])} | {sch} | `{k}` | {v['eff']:.2f} | {v['pna']:.2f} | {v['both']:.2f} | {v['nan']:.2f} |"
+        for r in runs for sch, (comp, _) in r["comp"].items() for k, v in comp.items()
     )
-    comp_ratio = "; ".join(f"guidance {gs(r['g'])}: **{r['ratio']:.2f}x** ({ok(r['ratio'] >= 2.0)})" for r in runs)
+    comp_ratio = "; ".join(f"guidance {gs(r['g'])}, {sch}: **{ratio:.2f}x** ({ok(ratio >= 2.0)})"
+                           for r in runs for sch, (_, ratio) in r["comp"].items())
     inp_rows = "\n".join(
         f"| {gs(r['g'])} | **{r['rise']:.0%}** ({ok(r['rise'] >= 0.8)}) | {r['control_rise']:.0%} | {r['before'].mean():.3f} / {r['after'].mean():.3f} / "
         f"{r['ref'].mean():.3f} | {np.mean(r['after'] > FINDING_THRESHOLDS['csPCa']):.0%} "
@@ -247,7 +252,7 @@ def main() -> None:
         for r in runs
     )
     figs = "\n".join(
-        f"Guidance {gs(r['g'])}: interpolation strips (8 seeds, w = 0 .. 1 left to right) / composition (rows "
+        f"Guidance {gs(r['g'])}: interpolation strips (8 seeds, w = 0 .. 1 left to right) / composition ({comp_schedulers[0]}; rows "
         f"`pleural_effusion`, `pneumonia`, `pleural_effusion AND pneumonia`, same seeds) / inpainting (healthy, mask in "
         f"yellow, inpainted, the same study rendered with a real lesion):\n\n"
         f"![interpolation g{gs(r['g'])}](img/{r['figs'][0]}) ![composition g{gs(r['g'])}](img/{r['figs'][1]}) "
@@ -272,13 +277,13 @@ def main() -> None:
     resample = args.resample if args.resample is not None else inspect.signature(GuidedSampler.inpaint).parameters["resample"].default
     body = f"""## Synthesis: interpolation, composition, inpainting ({'tiny base, ' + embedded_dir('tiny').name if args.base == 'tiny' else 'base ' + str(args.base)})
 
-`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --prostate-vectors {args.prostate_vectors} --cxr-vectors {args.cxr_vectors} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --guidance-rescale {args.guidance_rescale:g}' if args.guidance_rescale else ''}{f' --guidance-interval {args.guidance_interval}' if parse_guidance_interval(args.guidance_interval) != (0.0, 1.0) else ''}{f' --resample {args.resample}' if args.resample is not None else ''}{f' --seed {args.seed}' if args.seed else ''}{f' --threads {args.threads}' if args.threads else ''}`
+`python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --prostate-vectors {args.prostate_vectors} --cxr-vectors {args.cxr_vectors} --steps {args.steps} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --guidance-rescale {args.guidance_rescale:g}' if args.guidance_rescale else ''}{f' --guidance-interval {args.guidance_interval}' if parse_guidance_interval(args.guidance_interval) != (0.0, 1.0) else ''}{f' --resample {args.resample}' if args.resample is not None else ''}{f' --comp-scheduler {args.comp_scheduler}' if args.comp_scheduler else ''}{f' --seed {args.seed}' if args.seed else ''}{f' --threads {args.threads}' if args.threads else ''}`
 on {machine()}; {total / 60:.1f} min in all.
 
 Embeddings (textual inversion, {args.prostate_vectors} vectors per prostate / {args.cxr_vectors} per CXR concept, {args.steps} steps at batch {args.batch}, lr {args.lr}, first 100
 matching training cases of {n_phantoms['prostate']} prostate / {n_phantoms['cxr']} CXR phantoms, seed {args.seed}): `csPCa` (csPCa=1), `healthy` (csPCa=0),
 `pleural_effusion` ({eff_where}), `pneumonia` ({pna_where}); in the CXR phantoms each finding has prevalence {args.cxr_prevalence:g}, independently{'' if args.isolate else f', so each CXR training set also holds the other finding in about {args.cxr_prevalence:.0%} of its cases'}. Final losses and training times: {ti_rows}.
-Sampling: {args.scheduler}, {args.sample_steps} steps, guidance rescale {f'phi = {args.guidance_rescale:g} (Lin et al. 2023, diffusers `rescale_noise_cfg`; reference: the guidance-1 combination)' if args.guidance_rescale else 'off'}; every measurement at each guidance scale listed (all reported, none
+Sampling: {args.scheduler}{f' (composition: {", ".join(comp_schedulers)})' if args.comp_scheduler else ''}, {args.sample_steps} steps, guidance rescale {f'phi = {args.guidance_rescale:g} (Lin et al. 2023, diffusers `rescale_noise_cfg`; reference: the guidance-1 combination)' if args.guidance_rescale else 'off'}; every measurement at each guidance scale listed (all reported, none
 chosen after the fact); {wording_note}. Scores: phantom reference scorers on the pixels,
 thresholds `FINDING_THRESHOLDS`; no seed or case was left out.
 
@@ -291,12 +296,12 @@ per-seed rho: median / share of strips >= 0.9. Real test phantoms for reference:
 |---|{'---|' * len(WEIGHTS)}---|---|
 {interp_rows}
 
-**2. Composition** on CXR, {args.n_comp} images per prompt (seeds {first_seed(20_000, args.seed)}.., the same for every prompt), every prompt with the
+**2. Composition** on CXR, {args.n_comp} images per prompt (seeds {first_seed(20_000, args.seed)}.., the same for every prompt and scheduler), every prompt with the
 negative prompt {f'`{args.comp_negative}`' if args.comp_negative else '(none: the empty unconditional branch)'}; fraction of images
 with each finding present (score > threshold):
 
-| guidance | prompt | effusion | pneumonia | both | a score unmeasurable (NaN) |
-|---|---|---|---|---|---|
+| guidance | scheduler | prompt | effusion | pneumonia | both | a score unmeasurable (NaN) |
+|---|---|---|---|---|---|---|
 {comp_rows}
 
 Both findings, composition / best single prompt (target >= 2x): {comp_ratio}.
@@ -390,8 +395,9 @@ def composition_sweep(base, embs, guidances: str, seed: int, n: int, **sampler_k
     return out
 
 
-def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dict:
-    """All three measurements at guidance ``g``; figures written to ``img_dir``."""
+def measure(base, embs, g: float, args, comp_schedulers: list[str], cases, img_dir: Path) -> dict:
+    """All three measurements at guidance ``g`` (composition with each of ``comp_schedulers``, the others with
+    ``args.scheduler``); figures written to ``img_dir``."""
     import numpy as np
     from scipy import stats
 
@@ -399,8 +405,11 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
     from medti.diffusion.guided import GuidedSampler, parse_guidance_interval
     from medti.diffusion.sampling import grid_image, save_grid
 
-    sampler = GuidedSampler(base, embs, scheduler=args.scheduler, steps=args.sample_steps, guidance=g, batch=16,
-                            guidance_rescale=args.guidance_rescale, guidance_interval=parse_guidance_interval(args.guidance_interval))
+    def make_sampler(scheduler: str) -> GuidedSampler:
+        return GuidedSampler(base, embs, scheduler=scheduler, steps=args.sample_steps, guidance=g, batch=16,
+                             guidance_rescale=args.guidance_rescale, guidance_interval=parse_guidance_interval(args.guidance_interval))
+
+    sampler = make_sampler(args.scheduler)
     mri, cxr = wordings(args.template)
     tag = f"g{g:g}".replace(".", "_")
     figs = [f"synthesis_interpolation_{tag}.png", f"synthesis_composition_{tag}.png", f"synthesis_inpainting_{tag}.png"]
@@ -422,10 +431,16 @@ def measure(base, embs, g: float, args, cases, img_dir: Path, secs: dict) -> dic
 
     # 2. composition
     t = time.time()
-    r["comp"], r["ratio"] = composition(sampler, cxr, args.n_comp, first_seed(20_000, args.seed), args.comp_negative)
+    r["comp"] = {
+        sch: composition(sampler if sch == args.scheduler else make_sampler(sch), cxr, args.n_comp,
+                         first_seed(20_000, args.seed), args.comp_negative)
+        for sch in comp_schedulers
+    }
     t_run.append(time.time() - t)
-    save_grid(np.stack([grid_image(v["images"][:10], cols=10) for v in r["comp"].values()]), img_dir / figs[1], cols=1, scale=2)
-    print(f"guidance {g}: composition {t_run[-1]:.0f} s, ratio {r['ratio']:.2f}", flush=True)
+    shown_comp = r["comp"][comp_schedulers[0]][0]
+    save_grid(np.stack([grid_image(v["images"][:10], cols=10) for v in shown_comp.values()]), img_dir / figs[1], cols=1, scale=2)
+    print(f"guidance {g}: composition {t_run[-1]:.0f} s, ratio "
+          + ", ".join(f"{sch} {ratio:.2f}" for sch, (_, ratio) in r["comp"].items()), flush=True)
 
     # 3. inpainting
     t = time.time()

@@ -42,15 +42,16 @@ def main() -> None:
     from _report import RESULTS, machine, write_section
     from medti.data.dataset import Dataset, load_image
     from medti.data.phantoms import PhantomConfig, generate_phantoms, lesion_score
-    from medti.diffusion.base import ensure_embedded, load_base
+    from medti.diffusion.base import SPECS, ensure_embedded, load_base
     from medti.diffusion.embeddings import load_embedding
     from medti.diffusion.guided import GuidedSampler
     from medti.diffusion.sampling import grid_image, sample_embedding, save_grid
     from medti.diffusion.textual_inversion import TEMPLATES, EmbeddingConfig, train_embedding
 
     ensure_embedded("tiny")
+    size = SPECS["tiny"].image_size  # phantoms at the base's size, as textual inversion would otherwise resize them
     with tempfile.TemporaryDirectory() as tmp:
-        data = generate_phantoms(PhantomConfig(kind="prostate", out=Path(tmp) / "prostate", n=600, seed=args.seed)).out
+        data = generate_phantoms(PhantomConfig(kind="prostate", out=Path(tmp) / "prostate", n=600, seed=args.seed, size=size)).out
         emb_dir = args.keep or Path(tmp) / "emb"
         res, scores, grids, secs = {}, {}, [], {}
         for concept, where in (("csPCa", "csPCa=1"), ("healthy", "csPCa=0")):
@@ -93,7 +94,7 @@ def main() -> None:
 `python experiments/ti_lesion_auc.py --steps {args.steps} --vectors {args.vectors} --batch {args.batch} --n {args.n}{f' --seed {args.seed}' if args.seed else ''}`
 on {machine()}.
 
-Settings: 600 prostate phantoms (seed {args.seed}); one embedding from the first 100 `csPCa=1` training cases and one
+Settings: 600 prostate phantoms ({size} px, seed {args.seed}); one embedding from the first 100 `csPCa=1` training cases and one
 from the first 100 `csPCa=0` training cases; {args.vectors} vectors, {args.steps} steps at batch {args.batch}, lr {args.lr},
 mirrored images, frozen tiny base (fp32 on CPU). {args.n} images per embedding (30 DDIM steps, guidance {args.guidance}, seeds
 {first_seed}..), each scored by the phantom reference lesion scorer (pixels only).

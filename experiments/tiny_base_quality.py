@@ -37,18 +37,21 @@ def main() -> None:
         generate_phantoms,
         reference_scores,
     )
-    from medti.diffusion.base import embedded_dir, ensure_embedded, load_base
+    from medti.diffusion.base import SPECS, embedded_dir, ensure_embedded, load_base
     from medti.diffusion.sampling import grid_image, sample_prompt, save_grid
 
     t0 = time.time()
     path = ensure_embedded("tiny")
     build = json.loads((path / "medti.json").read_text())
     base = load_base("tiny")
+    prevalence = {"prostate": 0.5, "cxr": SPECS["tiny"].cxr_corpus_prevalence}
     rows, grids = [], []
     prompts = {"prostate": ("prostate_mri", "axial prostate mri"), "cxr": ("cxr", "frontal chest radiograph")}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (kind, (modality, prompt)) in enumerate(prompts.items()):
-            ref = generate_phantoms(PhantomConfig(kind=kind, out=Path(tmp) / kind, n=args.n, seed=4242 + i, unlabeled=True))
+            # the corpus recipe build_tiny renders: the base's size, its prevalence per modality
+            ref = generate_phantoms(PhantomConfig(kind=kind, out=Path(tmp) / kind, n=args.n, seed=4242 + i, unlabeled=True,
+                                                  size=base.image_size, positive_fraction=prevalence[kind]))
             real = np.stack([load_image(c.path) for c in Dataset(ref.out).cases()])
             gen = sample_prompt(base, prompt, args.n, seed=args.seed, steps=30, guidance=3.0)
             grids.append(grid_image(gen[:16], cols=16))
@@ -63,7 +66,8 @@ The tiny base ({embedded_dir('tiny').name}: VAE {build['vae_steps']} steps, UNet
 on {build['n_images']} unlabeled phantom images whose captions never name a finding; built in {build['seconds']:.0f} s on
 {build['device']}) samples {args.n} images per plain caption (30 DDIM steps, guidance 3). The phantom reference
 scorers (from pixels only; threshold = `FINDING_THRESHOLDS`) count how often each finding appears, against {args.n}
-fresh real phantoms of the same corpus recipe (finding prevalence 0.5 each).
+fresh real phantoms of the same corpus recipe ({base.image_size} px; prevalence of each finding 0.5 in the prostate corpus,
+{prevalence['cxr']:g} in the chest x-ray corpus).
 
 | corpus | prompt | finding | fraction in real phantoms | fraction in samples | mean score real | mean score samples |
 |---|---|---|---|---|---|---|

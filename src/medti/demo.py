@@ -19,7 +19,7 @@ class DemoConfig:
     data: Path = Path("data")  # the DVC-tracked data dir of this repository
     base: str = "tiny"
     n: int = 600
-    size: int = 64
+    size: int | None = None  # phantom size; default: the embedded base's image size (64 for other bases)
     seed: int = 0
     ti_steps: int = 400
     ti_batch: int = 8
@@ -48,10 +48,11 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     res = DemoResult(out=out)
     say = _say(res)
 
+    size = cfg.size or _base_image_size(cfg.base)
     datasets = {}
     for kind in ("prostate", "cxr"):
         d = Path(cfg.data) / kind
-        r = generate_phantoms(PhantomConfig(kind=kind, out=d, n=cfg.n, size=cfg.size, seed=cfg.seed, overwrite=True))
+        r = generate_phantoms(PhantomConfig(kind=kind, out=d, n=cfg.n, size=size, seed=cfg.seed, overwrite=True))
         say(f"[data] {r.n} {kind} phantom cases -> {d}")
         v = validate_dataset(ValidateConfig(dataset=d, report=out / "validation" / kind))
         if not v.ok:
@@ -72,6 +73,14 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         _embeddings(cfg, datasets["prostate"], out, say)
     say(f"[done] {time.time() - t0:.0f} s; outputs under {out.resolve()}")
     return res
+
+
+def _base_image_size(base: str) -> int:
+    """The embedded base's image size, so textual inversion sees the phantoms unresized; 64 for other bases
+    (their size is known only once loaded, and textual inversion resizes to it)."""
+    from medti.diffusion.base import EMBEDDED, SPECS
+
+    return SPECS[base].image_size if base in EMBEDDED else 64
 
 
 def _say(res: DemoResult):

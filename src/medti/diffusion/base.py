@@ -56,6 +56,7 @@ class TinySpec:
     attention_head_dim: int = 8
     # training recipe (tiny only)
     corpus_per_modality: int = 0
+    cxr_corpus_prevalence: float = 0.5  # prevalence of each finding in the CXR corpus (the prostate corpus: 0.5)
     vae_steps: int = 0
     unet_steps: int = 0
     batch: int = 32

@@ -381,20 +381,22 @@ def train_base(cfg: BaseTrainConfig) -> BaseTrainResult:
     return BaseTrainResult(out=Path(cfg.out), n_images=len(images), vae_steps=vae_steps, unet_steps=unet_steps, seconds=seconds, stats=stats)
 
 
-def build_tiny(out: Path, progress: bool = True) -> Path:
+def build_tiny(out: Path, progress: bool = True, spec: str = "tiny") -> Path:
     """Build the embedded tiny base: phantom corpora -> tokenizer -> VAE -> UNet -> diffusers dir.
 
-    Deterministic: fixed seeds throughout, so a missing cache is rebuilt to the same model.
+    Deterministic: fixed seeds throughout, so a missing cache is rebuilt to the same model.  ``spec`` names
+    another recipe in ``SPECS`` (experiments register variants of tiny's there); the corpora follow it.
     """
     import tempfile
 
     from medti.data.phantoms import PhantomConfig, generate_phantoms
     from medti.diffusion.base import SPECS
 
-    spec = SPECS["tiny"]
+    name, spec = spec, SPECS[spec]
     if progress:
         print(
-            "building the embedded tiny Stable Diffusion (first use only; a few minutes on a CPU) "
+            "building the embedded tiny Stable Diffusion (first use only; about 10 min on 2 CPU cores, "
+            "much less on a GPU) "
             f"-> {out}",
             flush=True,
         )
@@ -403,10 +405,11 @@ def build_tiny(out: Path, progress: bool = True) -> Path:
         for i, kind in enumerate(("prostate", "cxr")):
             d = Path(tmp) / kind
             generate_phantoms(
-                PhantomConfig(kind=kind, out=d, n=spec.corpus_per_modality, size=spec.image_size, seed=1000 + i, unlabeled=True, positive_fraction=0.5)
+                PhantomConfig(kind=kind, out=d, n=spec.corpus_per_modality, size=spec.image_size, seed=1000 + i, unlabeled=True,
+                             positive_fraction=spec.cxr_corpus_prevalence if kind == "cxr" else 0.5)
             )
             dirs.append(d)
-        res = train_base(BaseTrainConfig(data=dirs, out=out, spec="tiny", seed=spec.seed, progress=progress))
+        res = train_base(BaseTrainConfig(data=dirs, out=out, spec=name, seed=spec.seed, progress=progress))
     if progress:
         print(res.summary(), flush=True)
     return out
