@@ -11,8 +11,8 @@ embeddings are kept under ``--work`` and reused when present, so a second run on
 
     python experiments/composition_base_size.py --image-size 128 --seed 8 --work /tmp/base128
 
-``--cxr-prevalence`` sets the CXR corpus's prevalence of each finding (tiny-v7's was 0.5, the labelled
-cases' is 0.25); the recipe is written to ``--work``/recipe.json and a reused dir must match it.
+``--cxr-prevalence`` sets the CXR corpus's prevalence of each finding (tiny-v7's is 0.5, the labelled
+cases' 0.25); the recipe is written to ``--work``/recipe.json and a reused dir must match it.
 
 On 2 CPU cores at 128 px: base ~46 min, each concept ~12.5 min, each guidance scale ~2 min.
 Prints a markdown table and writes the first 8 images per prompt at each guidance to ``--work``.
@@ -42,8 +42,8 @@ def main() -> None:
     ap.add_argument("--scheduler", default="dpmpp", help="sampler scheduler (the science run's: dpmpp)")
     ap.add_argument("--n", type=int, default=100, help="images per prompt")
     ap.add_argument("--cxr-prevalence", type=float, default=None,
-                    help="prevalence of each finding in the base's CXR corpus (default: the shipped recipe's, 0.25 "
-                    "since tiny-v8; 0.5 before)")
+                    help="prevalence of each finding in the base's CXR corpus (default: the shipped recipe's, "
+                    "tiny-v7's 0.5; the labelled cases': 0.25)")
     args = ap.parse_args()
 
     from PIL import Image
