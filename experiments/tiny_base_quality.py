@@ -44,7 +44,7 @@ def main() -> None:
     path = ensure_embedded("tiny")
     build = json.loads((path / "medti.json").read_text())
     base = load_base("tiny")
-    prevalence = {"prostate": 0.5, "cxr": SPECS["tiny"].cxr_corpus_prevalence}
+    prevalence = {kind: SPECS["tiny"].corpus_prevalence(kind) for kind in ("prostate", "cxr")}
     rows, grids = [], []
     prompts = {"prostate": ("prostate_mri", "axial prostate mri"), "cxr": ("cxr", "frontal chest radiograph")}
     with tempfile.TemporaryDirectory() as tmp:

@@ -69,6 +69,10 @@ class TinySpec:
     decoder_finish_steps: int = 0  # and this many decoder-only steps on whole images
     seed: int = 0
 
+    def corpus_prevalence(self, kind: str) -> float:
+        """Prevalence of each finding in the ``kind`` ('prostate' / 'cxr') training corpus of this recipe."""
+        return self.cxr_corpus_prevalence if kind == "cxr" else 0.5
+
 
 SPECS: dict[str, TinySpec] = {
     # ~1.7 M UNet params, 16x16x4 latents for 64 px images; see DESIGN.md for the measured costs.

@@ -406,7 +406,7 @@ def build_tiny(out: Path, progress: bool = True, spec: str = "tiny") -> Path:
             d = Path(tmp) / kind
             generate_phantoms(
                 PhantomConfig(kind=kind, out=d, n=spec.corpus_per_modality, size=spec.image_size, seed=1000 + i, unlabeled=True,
-                             positive_fraction=spec.cxr_corpus_prevalence if kind == "cxr" else 0.5)
+                             positive_fraction=spec.corpus_prevalence(kind))
             )
             dirs.append(d)
         res = train_base(BaseTrainConfig(data=dirs, out=out, spec=name, seed=spec.seed, progress=progress))
