@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="phantoms, textual inversion and sampling seeds (other values: a fresh evaluation)")
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--keep", type=Path, default=None, help="keep the embeddings in this dir")
+    ap.add_argument("--max-norm", default=None,
+                    help="cap on each vector's norm ('vocab', a number or 'none'; default: the trainer's)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     first_seed = 10_000 + 1000 * args.seed  # sampling seeds; another --seed is a fresh evaluation
@@ -46,7 +48,12 @@ def main() -> None:
     from medti.diffusion.embeddings import load_embedding
     from medti.diffusion.guided import GuidedSampler
     from medti.diffusion.sampling import grid_image, sample_embedding, save_grid
-    from medti.diffusion.textual_inversion import TEMPLATES, EmbeddingConfig, train_embedding
+    from medti.diffusion.textual_inversion import (
+        TEMPLATES,
+        EmbeddingConfig,
+        max_norm_arg,
+        train_embedding,
+    )
 
     ensure_embedded("tiny")
     size = SPECS["tiny"].image_size  # phantoms at the base's size, as textual inversion would otherwise resize them
@@ -61,7 +68,7 @@ def main() -> None:
                 EmbeddingConfig(
                     data=data, concept=concept, where=where, base="tiny", vectors=args.vectors, steps=args.steps,
                     batch=args.batch, lr=args.lr, seed=args.seed, out=emb_dir / f"{concept}.safetensors", n_samples=0,
-                    max_images=100,
+                    max_images=100, max_norm=max_norm_arg(args.max_norm),
                 )
             )
             secs[concept] = (time.time() - tw, time.process_time() - t)
@@ -89,13 +96,14 @@ def main() -> None:
     auc_real = roc_auc_score(np.r_[np.ones(len(real_pos)), np.zeros(len(real_neg))], np.r_[real_pos, real_neg])
     if not args.no_write:  # --no-write leaves docs/ alone, the figure included
         save_grid(np.stack(grids), ROOT / "docs" / "img" / "ti_samples.png", cols=1, scale=2)
+    cap = res["csPCa"].metadata["max_norm"]
     body = f"""## Textual inversion on prostate phantoms: csPCa vs healthy embeddings (tiny base)
 
-`python experiments/ti_lesion_auc.py --steps {args.steps} --vectors {args.vectors} --batch {args.batch} --n {args.n}{f' --seed {args.seed}' if args.seed else ''}`
+`python experiments/ti_lesion_auc.py --steps {args.steps} --vectors {args.vectors} --batch {args.batch} --n {args.n}{f' --max-norm {args.max_norm}' if args.max_norm else ''}{f' --seed {args.seed}' if args.seed else ''}`
 on {machine()}.
 
 Settings: 600 prostate phantoms ({size} px, seed {args.seed}); one embedding from the first 100 `csPCa=1` training cases and one
-from the first 100 `csPCa=0` training cases; {args.vectors} vectors, {args.steps} steps at batch {args.batch}, lr {args.lr},
+from the first 100 `csPCa=0` training cases; {args.vectors} vectors, {args.steps} steps at batch {args.batch}, lr {args.lr}, vector norms {'uncapped' if cap == 'none' else f'capped at {cap} (`--max-norm`)'},
 mirrored images, frozen tiny base (fp32 on CPU). {args.n} images per embedding (30 DDIM steps, guidance {args.guidance}, seeds
 {first_seed}..), each scored by the phantom reference lesion scorer (pixels only).
 

@@ -205,3 +205,28 @@ def test_sampling_template_is_worded_as_the_phantom_captions(tmp_path, kind, mod
         captions = [r["caption"] for r in csv.DictReader(f)]
     prefix = TEMPLATES[modality][1].format("").rstrip(", ")
     assert captions and all(c.startswith(prefix + ",") for c in captions), (prefix, captions[:2])
+
+
+def test_max_norm_keeps_the_vectors_among_the_base_tokens(tmp_path, bases, data):
+    """--max-norm vocab holds every learned vector to the longest of the base's token embeddings
+    (an uncapped run leaves it), records the cap in the file, and a capped checkpoint is not resumed
+    by an uncapped run."""
+    base = bases["epsilon"]
+    vocab = float(load_base(str(base)).text_encoder.get_input_embeddings().weight.norm(dim=1).max())
+    free = load_embedding(train_embedding(_cfg(data, base, tmp_path / "free.safetensors", n_samples=0, lr=0.05)).path)
+    capped = load_embedding(train_embedding(
+        _cfg(data, base, tmp_path / "cap.safetensors", n_samples=0, lr=0.05, max_norm="vocab")).path)
+    assert free.vectors.norm(dim=1).max() > 1.5 * vocab  # without the cap they leave the vocabulary's range
+    assert capped.vectors.norm(dim=1).max() <= vocab * (1 + 1e-5)
+    assert float(capped.metadata["max_norm"]) == pytest.approx(vocab, rel=1e-4) and free.metadata["max_norm"] == "none"
+    out = tmp_path / "r.safetensors"
+    with pytest.raises(TrainingError):
+        train_embedding(_cfg(data, base, out, n_samples=0, stop_after=4, max_norm=0.5))
+    with pytest.raises(TrainingError, match="other settings"):
+        train_embedding(_cfg(data, base, out, n_samples=0, resume=True))
+
+
+@pytest.mark.parametrize("bad", ["big", "0", "-1", "nan"])
+def test_a_bad_max_norm_is_refused_naming_the_value(tmp_path, bases, data, bad):
+    with pytest.raises(TrainingError, match=f"--max-norm '{bad}'"):
+        train_embedding(_cfg(data, bases["epsilon"], tmp_path / "x.safetensors", max_norm=bad))

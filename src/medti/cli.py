@@ -240,6 +240,11 @@ def embed_train_cmd(
         False, "--gradient-checkpointing",
         help="Recompute the UNet's activations in backward: less memory (SD 2.x at 512 px on a small GPU), slower steps.",
     ),
+    max_norm: str = typer.Option(
+        None, "--max-norm",
+        help="Cap each vector's L2 norm after every step: a number, or 'vocab' = the longest of the base's own token "
+        "embeddings (keeps the vectors where real tokens live; see docs/results.md). Default: uncapped.",
+    ),
     seed: int = typer.Option(0, "--seed"),
 ):
     """Textual inversion: learn VECTORS token vectors for one concept against a frozen base."""
@@ -249,7 +254,7 @@ def embed_train_cmd(
         data=data, concept=concept, where=where, base=base, split=split, vectors=vectors,
         init_text=init_text, steps=steps, lr=lr, batch=batch, max_images=max_images, out=out,
         resume=resume, checkpoint_every=checkpoint_every, sample_every=sample_every,
-        precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed,
+        precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed, max_norm=max_norm,
     )
     typer.echo(_run(train_embedding, cfg).summary())
 

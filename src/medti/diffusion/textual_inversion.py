@@ -83,6 +83,10 @@ class EmbeddingConfig:
     #: recompute the UNet's activations in backward instead of keeping them: less memory, more time
     #: (diffusers' enable_gradient_checkpointing; the reference script's --gradient_checkpointing)
     gradient_checkpointing: bool = False
+    #: cap on each learned vector's L2 norm, applied after every step: None = uncapped; a number; or
+    #: "vocab" = the largest norm among the base's own token embeddings (the vectors stay where real
+    #: tokens live instead of drifting far outside them; see max_norm_value)
+    max_norm: float | str | None = None
     device: str | None = None  # None: accelerate picks (cuda when present)
     validate: bool = True
     progress: bool = True
@@ -223,6 +227,8 @@ def _fingerprint(cfg: EmbeddingConfig, base_hash: str, case_ids: list[str]) -> s
         base=base_hash,
         cases=hashlib.sha256("\n".join(case_ids).encode()).hexdigest(),
     )
+    if cfg.max_norm is not None:
+        keys["max_norm"] = str(cfg.max_norm)
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -305,12 +311,15 @@ class Inversion:
         accelerator,
         progress: bool = False,
         gradient_checkpointing: bool = False,
+        max_norm: float | str | None = None,
     ):
         import torch
         from diffusers import DDPMScheduler
 
         tok, te, unet, vae = base.tokenizer, base.text_encoder, base.unet, base.vae
         device = accelerator.device
+        #: the resolved cap on each vector's norm (None = uncapped), read before the placeholders exist
+        self.max_norm = max_norm_value(te, max_norm)
         self.names = names = placeholder_tokens(token, vectors)
         clash = [t for t in names if t in tok.get_vocab()]
         if clash:
@@ -400,7 +409,34 @@ class Inversion:
         self.prepared_optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         self.prepared_optimizer.step()
+        if self.max_norm is not None:
+            with torch.no_grad():  # projected step: rows longer than the cap are scaled back onto it
+                self.param.copy_(torch.renorm(self.param, 2, 0, self.max_norm))
         return loss.detach()
+
+
+def max_norm_value(text_encoder, max_norm: float | str | None) -> float | None:
+    """The norm cap ``max_norm`` stands for: None, a positive number, or "vocab" = the largest L2 norm
+    among the text encoder's token embeddings (call before placeholder rows are added)."""
+    if max_norm is None:
+        return None
+    if isinstance(max_norm, str) and max_norm.strip().lower() == "vocab":
+        return float(text_encoder.get_input_embeddings().weight.detach().float().norm(dim=1).max())
+    try:
+        value = float(max_norm)
+    except (TypeError, ValueError):
+        raise TrainingError(f"--max-norm {max_norm!r}: give a positive number or 'vocab'") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise TrainingError(f"--max-norm {max_norm!r}: give a positive number or 'vocab'")
+    return value
+
+
+def max_norm_arg(value: str | None):
+    """An experiment's ``--max-norm`` as EmbeddingConfig takes it: None (not given) = the trainer's default,
+    'none' = uncapped, else the value ('vocab' or a number)."""
+    if value is None:
+        return EmbeddingConfig.max_norm
+    return None if value.strip().lower() == "none" else value
 
 
 def check_losses(pending, first_step: int | None = None) -> list[float]:
@@ -436,6 +472,8 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
         raise TrainingError(f"--vectors {cfg.vectors}: must be between 1 and 128")
     if cfg.steps < 1 or cfg.batch < 1 or not cfg.lr > 0:
         raise TrainingError("--steps, --batch and --lr must be positive")
+    if cfg.max_norm is not None and str(cfg.max_norm).strip().lower() != "vocab":
+        max_norm_value(None, cfg.max_norm)  # a bad value fails before the base is loaded
     out = cfg.out_path()
     token = token_for(cfg.concept)
     if cfg.validate:
@@ -473,6 +511,7 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
         accelerator=accelerator,
         progress=cfg.progress,
         gradient_checkpointing=cfg.gradient_checkpointing,
+        max_norm=cfg.max_norm,
     )
     param, hook, gen, templates = inv.param, inv.hook, inv.gen, inv.templates
     raw_opt = inv.optimizer  # the torch optimizer under accelerate's wrapper (for checkpoints)
@@ -542,6 +581,8 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
         # how it was computed: bf16/fp16 training gives other vectors than fp32; checkpointing does not
         "precision": precision,
         "gradient_checkpointing": str(bool(cfg.gradient_checkpointing)).lower(),
+        # the cap each vector's norm was held to ("none", or the resolved number)
+        "max_norm": "none" if inv.max_norm is None else f"{inv.max_norm:.6g}",
     }
     emb = Embedding(token, param.detach().float().cpu().clone(), meta)
     save_embedding(emb, out)
