@@ -228,7 +228,7 @@ def _fingerprint(cfg: EmbeddingConfig, base_hash: str, case_ids: list[str]) -> s
         cases=hashlib.sha256("\n".join(case_ids).encode()).hexdigest(),
     )
     if cfg.max_norm is not None:
-        keys["max_norm"] = str(cfg.max_norm)
+        keys["max_norm"] = str(parse_max_norm(cfg.max_norm))
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -415,20 +415,29 @@ class Inversion:
         return loss.detach()
 
 
-def max_norm_value(text_encoder, max_norm: float | str | None) -> float | None:
-    """The norm cap ``max_norm`` stands for: None, a positive number, or "vocab" = the largest L2 norm
-    among the text encoder's token embeddings (call before placeholder rows are added)."""
+def parse_max_norm(max_norm: float | str | None) -> float | str | None:
+    """A ``--max-norm`` value checked: None, "vocab", or a positive finite number (anything else raises,
+    naming the value)."""
     if max_norm is None:
         return None
     if isinstance(max_norm, str) and max_norm.strip().lower() == "vocab":
-        return float(text_encoder.get_input_embeddings().weight.detach().float().norm(dim=1).max())
+        return "vocab"
     try:
         value = float(max_norm)
     except (TypeError, ValueError):
-        raise TrainingError(f"--max-norm {max_norm!r}: give a positive number or 'vocab'") from None
+        value = float("nan")
     if not (value > 0 and math.isfinite(value)):
         raise TrainingError(f"--max-norm {max_norm!r}: give a positive number or 'vocab'")
     return value
+
+
+def max_norm_value(text_encoder, max_norm: float | str | None) -> float | None:
+    """The norm cap ``max_norm`` stands for: None, the number, or for "vocab" the largest L2 norm among the
+    text encoder's token embeddings (call before placeholder rows are added)."""
+    cap = parse_max_norm(max_norm)
+    if cap == "vocab":
+        return float(text_encoder.get_input_embeddings().weight.detach().float().norm(dim=1).max())
+    return cap
 
 
 def max_norm_arg(value: str | None):
@@ -472,8 +481,7 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
         raise TrainingError(f"--vectors {cfg.vectors}: must be between 1 and 128")
     if cfg.steps < 1 or cfg.batch < 1 or not cfg.lr > 0:
         raise TrainingError("--steps, --batch and --lr must be positive")
-    if cfg.max_norm is not None and str(cfg.max_norm).strip().lower() != "vocab":
-        max_norm_value(None, cfg.max_norm)  # a bad value fails before the base is loaded
+    parse_max_norm(cfg.max_norm)  # a bad value fails before the base is loaded
     out = cfg.out_path()
     token = token_for(cfg.concept)
     if cfg.validate:
