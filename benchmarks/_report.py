@@ -42,6 +42,13 @@ def machine() -> str:
     )
 
 
+def norm_note(embeddings) -> str:
+    """How the learned vectors' norms were held, from the embeddings' metadata (``max_norm``: "none" or the
+    resolved cap), for an experiment's settings line: "uncapped" or "capped at X (`--max-norm`)"."""
+    caps = {e.metadata["max_norm"] for e in embeddings}
+    return "uncapped" if caps == {"none"} else "capped at " + " / ".join(sorted(caps)) + " (`--max-norm`)"
+
+
 def write_section(name: str, body: str, doc: Path = DOC) -> None:
     """Replace (or append) the section between ``<!-- bench:name -->`` markers."""
     doc.parent.mkdir(parents=True, exist_ok=True)

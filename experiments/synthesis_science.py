@@ -156,7 +156,7 @@ def main() -> None:
 
     import numpy as np
 
-    from _report import RESULTS, machine, write_section
+    from _report import RESULTS, machine, norm_note, write_section
     from medti._quiet import quiet_libraries
     from medti.data.dataset import Dataset, load_image
     from medti.data.phantoms import (
@@ -262,8 +262,6 @@ def main() -> None:
         f"![inpainting g{gs(r['g'])}](img/{r['figs'][2]})\n"
         for r in runs
     )
-    caps = {r.metadata['max_norm'] for r in res.values()}
-    norm_note = "uncapped" if caps == {"none"} else "capped at " + " / ".join(sorted(caps)) + " (`--max-norm`)"
     ti_rows = ", ".join(f"`{k}` {r.final_loss:.4f} ({secs['ti_' + k]:.0f} s)" for k, r in res.items())
     times = "; ".join(
         f"guidance {gs(r['g'])}: interpolation {r['secs'][0]:.0f} s, composition {r['secs'][1]:.0f} s, "
@@ -285,7 +283,7 @@ def main() -> None:
 `python experiments/synthesis_science.py{' --isolate' if args.isolate else ''}{'' if args.cxr_prevalence == 0.25 else f' --cxr-prevalence {args.cxr_prevalence:g}'}{'' if args.comp_negative == 'frontal chest radiograph' else f" --comp-negative '{args.comp_negative}'"}{'' if args.template == 'modality' else ' --template bare'} --prostate-vectors {args.prostate_vectors} --cxr-vectors {args.cxr_vectors} --steps {args.steps}{f' --max-norm {args.max_norm}' if args.max_norm else ''} --seeds {args.seeds} --n-comp {args.n_comp} --n-inpaint {args.n_inpaint} --guidance {args.guidance}{f' --guidance-rescale {args.guidance_rescale:g}' if args.guidance_rescale else ''}{f' --guidance-interval {args.guidance_interval}' if parse_guidance_interval(args.guidance_interval) != (0.0, 1.0) else ''}{f' --resample {args.resample}' if args.resample is not None else ''}{f' --comp-scheduler {args.comp_scheduler}' if args.comp_scheduler else ''}{f' --seed {args.seed}' if args.seed else ''}{f' --threads {args.threads}' if args.threads else ''}`
 on {machine()}; {total / 60:.1f} min in all.
 
-Embeddings (textual inversion, {args.prostate_vectors} vectors per prostate / {args.cxr_vectors} per CXR concept, {args.steps} steps at batch {args.batch}, lr {args.lr}, vector norms {norm_note}, first 100
+Embeddings (textual inversion, {args.prostate_vectors} vectors per prostate / {args.cxr_vectors} per CXR concept, {args.steps} steps at batch {args.batch}, lr {args.lr}, vector norms {norm_note(res.values())}, first 100
 matching training cases of {n_phantoms['prostate']} prostate / {n_phantoms['cxr']} CXR phantoms, seed {args.seed}): `csPCa` (csPCa=1), `healthy` (csPCa=0),
 `pleural_effusion` ({eff_where}), `pneumonia` ({pna_where}); in the CXR phantoms each finding has prevalence {args.cxr_prevalence:g}, independently{'' if args.isolate else f', so each CXR training set also holds the other finding in about {args.cxr_prevalence:.0%} of its cases'}. Final losses and training times: {ti_rows}.
 Sampling: {args.scheduler}{f' (composition: {", ".join(comp_schedulers)})' if args.comp_scheduler else ''}, {args.sample_steps} steps, guidance rescale {f'phi = {args.guidance_rescale:g} (Lin et al. 2023, diffusers `rescale_noise_cfg`; reference: the guidance-1 combination)' if args.guidance_rescale else 'off'}; every measurement at each guidance scale listed (all reported, none

@@ -41,7 +41,7 @@ def main() -> None:
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from _report import RESULTS, machine, write_section
+    from _report import RESULTS, machine, norm_note, write_section
     from medti.data.dataset import Dataset, load_image
     from medti.data.phantoms import PhantomConfig, generate_phantoms, lesion_score
     from medti.diffusion.base import SPECS, ensure_embedded, load_base
@@ -96,14 +96,13 @@ def main() -> None:
     auc_real = roc_auc_score(np.r_[np.ones(len(real_pos)), np.zeros(len(real_neg))], np.r_[real_pos, real_neg])
     if not args.no_write:  # --no-write leaves docs/ alone, the figure included
         save_grid(np.stack(grids), ROOT / "docs" / "img" / "ti_samples.png", cols=1, scale=2)
-    cap = res["csPCa"].metadata["max_norm"]
     body = f"""## Textual inversion on prostate phantoms: csPCa vs healthy embeddings (tiny base)
 
 `python experiments/ti_lesion_auc.py --steps {args.steps} --vectors {args.vectors} --batch {args.batch} --n {args.n}{f' --max-norm {args.max_norm}' if args.max_norm else ''}{f' --seed {args.seed}' if args.seed else ''}`
 on {machine()}.
 
 Settings: 600 prostate phantoms ({size} px, seed {args.seed}); one embedding from the first 100 `csPCa=1` training cases and one
-from the first 100 `csPCa=0` training cases; {args.vectors} vectors, {args.steps} steps at batch {args.batch}, lr {args.lr}, vector norms {'uncapped' if cap == 'none' else f'capped at {cap} (`--max-norm`)'},
+from the first 100 `csPCa=0` training cases; {args.vectors} vectors, {args.steps} steps at batch {args.batch}, lr {args.lr}, vector norms {norm_note(res.values())},
 mirrored images, frozen tiny base (fp32 on CPU). {args.n} images per embedding (30 DDIM steps, guidance {args.guidance}, seeds
 {first_seed}..), each scored by the phantom reference lesion scorer (pixels only).
 
