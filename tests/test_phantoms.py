@@ -266,6 +266,27 @@ def test_cli_writes_a_prostate_phantom_dataset(tmp_path):
     assert bad.exit_code != 0 and "size" in bad.output and not (tmp_path / "x").exists()
 
 
+def test_written_datasets_get_the_umask_permissions_not_private_temp_ones(tmp_path):
+    # atomic writes go through mkstemp/mkdtemp (0600/0700); renamed into place as they were, a
+    # dataset would be unreadable to colleagues and to pipeline steps running as another user
+    import os
+
+    from medti.data.dataset import atomic_write_bytes
+
+    old = os.umask(0o027)
+    try:
+        out = tmp_path / "ds"
+        generate_phantoms(PhantomConfig(kind="prostate", out=out, n=6, seed=SEED))
+        atomic_write_bytes(tmp_path / "single.bin", b"x")
+    finally:
+        os.umask(old)
+    paths = [out, *out.rglob("*"), tmp_path / "single.bin"]
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in paths}
+    want = {k: oct(0o750 if (tmp_path / k).is_dir() else 0o640) for k in modes}
+    assert modes == want
+    assert any(k.endswith(".png") for k in modes) and "ds/images" in modes
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [

@@ -95,6 +95,7 @@ def _embeddings(cfg: DemoConfig, data: Path, out: Path, say) -> None:
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
+    from medti.data.dataset import atomic_write_text
     from medti.data.phantoms import lesion_score
     from medti.diffusion.base import ensure_embedded
     from medti.diffusion.sampling import sample_embedding, save_grid
@@ -119,4 +120,4 @@ def _embeddings(cfg: DemoConfig, data: Path, out: Path, say) -> None:
     y = np.r_[np.ones(len(scores["csPCa"])), np.zeros(len(scores["healthy"]))]
     auc = roc_auc_score(y, np.r_[scores["csPCa"], scores["healthy"]])
     say(f"[measure] phantom lesion scorer on generated images: AUC(<csPCa> vs <healthy>) = {auc:.3f}")
-    (out / "demo_metrics.json").write_text(json.dumps({"lesion_auc_generated": auc}, indent=2) + "\n")
+    atomic_write_text(out / "demo_metrics.json", json.dumps({"lesion_auc_generated": auc}, indent=2) + "\n")

@@ -119,14 +119,42 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(x, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux exposes it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def temp_dir_for(target: Path) -> Path:
+    """A fresh temp dir beside ``target``, to be renamed onto it when complete.
+
+    ``mkdtemp`` creates it 0700 (and ``mkstemp`` files 0600); once renamed into place that would
+    leave outputs unreadable to colleagues and to pipeline steps running as another user, so it
+    gets the permissions a plain ``mkdir`` would give (0777 minus the umask)."""
+    target = Path(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same dir and an atomic rename."""
+    """Write ``data`` to ``path`` via a temp file in the same dir and an atomic rename; the file
+    gets the permissions a plain ``open(path, "wb")`` would give (0666 minus the umask), not
+    ``mkstemp``'s private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -178,7 +206,7 @@ class DatasetWriter:
 
     def __enter__(self) -> DatasetWriter:
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
+        self.tmp = temp_dir_for(self.out)
         (self.tmp / IMAGES).mkdir()
         return self
 

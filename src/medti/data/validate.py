@@ -58,6 +58,7 @@ from medti.data.dataset import (
     read_manifest,
     replace_dir,
     safe_join,
+    temp_dir_for,
 )
 
 REPORT_DIR = "validation"
@@ -196,7 +197,7 @@ def validate_dataset(cfg: ValidateConfig) -> ValidationResult:
         docs_tmp = None
         if cfg.data_docs:
             report.mkdir(parents=True, exist_ok=True)
-            docs_tmp = Path(tempfile.mkdtemp(prefix=f".{DATA_DOCS}.", suffix=".tmp", dir=report))
+            docs_tmp = temp_dir_for(report / DATA_DOCS)
         try:
             gx_failures, gx_rules = _run_gx(cases, counts, info, cfg.min_per_class, records, docs_tmp)
             if docs_tmp is not None:

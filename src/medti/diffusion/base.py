@@ -331,13 +331,12 @@ def save_pipeline_dir(components: dict[str, Any], out: Path, meta: dict[str, Any
     """Write a standard diffusers pipeline dir (loadable by StableDiffusionPipeline.from_pretrained),
     atomically: built under a temp name, then renamed into place."""
     import shutil
-    import tempfile
 
-    from medti.data.dataset import replace_dir
+    from medti.data.dataset import replace_dir, temp_dir_for
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = temp_dir_for(out)
     try:
         pipe = sd_pipeline(components)
         pipe.save_pretrained(tmp, safe_serialization=True)
