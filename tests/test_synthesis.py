@@ -139,6 +139,26 @@ def test_bad_spec_names_the_key(env, tmp_path, change, message):
     assert not (tmp_path / "x").exists()
 
 
+def test_the_readme_example_spec_loads(env, tmp_path):
+    # the README is where users copy a spec from; it must stay a spec that load_spec accepts
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Synthetic dataset spec", 1)[1]
+    text = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    for concept, src in env["embs"].items():
+        (tmp_path / "emb").mkdir(exist_ok=True)
+        (tmp_path / "emb" / f"{concept}.safetensors").write_bytes(src.read_bytes())
+    (tmp_path / "spec.yaml").write_text(text)
+    spec = load_spec(tmp_path / "spec.yaml")
+    assert [(c.name, c.count, c.labels) for c in spec.classes] == [
+        ("positive", 1000, {"csPCa": 1}), ("negative", 1000, {"csPCa": 0})
+    ]
+    assert [c.negative for c in spec.classes] == ["axial prostate mri, healthy", "axial prostate mri, csPCa"]
+    assert spec.sampler.scheduler == "dpmpp" and spec.sampler.steps == 30 and spec.findings == ["csPCa"]
+    assert spec.embeddings == [tmp_path / "emb" / "csPCa.safetensors", tmp_path / "emb" / "healthy.safetensors"]
+
+
 def test_spec_defaults(env):
     spec = load_spec(_spec(env, env["root"] / "defaults.yaml"))
     assert spec.channels == ["T2W", "ADC", "DWI"] and spec.split == "train" and spec.total == 7
@@ -186,6 +206,15 @@ def test_cli_interpolate_writes_one_strip_per_seed(env, tmp_path):
     assert meta["guidance_rescale"] == 0.5 and meta["guidance_interval"] == [0.0, 0.8]
     strip = load_image(out / "strip-seed3.png")
     assert strip.shape[1] > 3 * strip.shape[0] // 2  # a horizontal strip of 3 images
+    # above the images, a white band with the title and each column's weight of --to written in it
+    overview = load_image(out / "strips.png")
+    tile = 32 * 4  # 32-px images enlarged 4x
+    band = strip.shape[0] - (tile + 2 * 2 * 4)
+    assert band > 0 and overview.shape[0] - band == 2 * tile + 3 * 2 * 4
+    top = strip[:band].min(axis=2)
+    assert top.min() < 100 and (top > 200).mean() > 0.8
+    col_w = (strip.shape[1] - 8) // 3
+    assert all((top[:, 8 + k * col_w : 8 + (k + 1) * col_w] < 100).any() for k in range(3))
     bad = CliRunner().invoke(app, ["synth", "interpolate", *_common(env), "--from", "a", "--to", "b", "--weights", "0,x", "--out", str(out)])
     assert bad.exit_code != 0 and "'x' is not a number" in bad.output
     bad = CliRunner().invoke(app, ["synth", "interpolate", *_common(env), "--from", "a", "--to", "b", "--guidance-interval", "1,0.3", "--out", str(out)])

@@ -461,7 +461,7 @@ def synth_inpaint_cmd(
 
 @synth_app.command("dataset")
 def synth_dataset_cmd(
-    spec: Path = typer.Option(..., "--spec", help="Dataset spec YAML (base, embeddings, sampler, classes)."),
+    spec: Path = typer.Option(..., "--spec", help="Dataset spec YAML (base, embeddings, sampler, classes); example in the README, 'Synthetic dataset spec'."),
     out: Path = typer.Option(..., "--out", help="Output dataset dir."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output dir."),
     restart: bool = typer.Option(False, "--restart", help="Discard an unfinished run instead of resuming it."),

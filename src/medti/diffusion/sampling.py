@@ -28,13 +28,38 @@ def grid_image(images, cols: int | None = None, pad: int = 2) -> np.ndarray:
     return out
 
 
-def save_grid(images, path: Path, cols: int | None = None, scale: int = 1) -> Path:
-    """Write a PNG grid of ``images`` atomically; ``scale`` enlarges small images (nearest)."""
+def label_columns(grid: np.ndarray, labels: list[str], title: str = "", pad: int = 2) -> np.ndarray:
+    """``grid`` (uint8 [H,W,3], equal columns as ``grid_image`` lays them out) with a white band on
+    top: ``title`` on its first line, then each column's label centred over it (Pillow's built-in
+    font; nothing is downloaded).  Labels wider than their column are clipped, not wrapped."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    line = 14
+    band = Image.new("RGB", (grid.shape[1], line * (2 if title else 1) + pad), "white")
+    draw = ImageDraw.Draw(band)
+    if title:
+        draw.text((pad + 2, 1), title, fill="black", font=font)
+    col_w = (grid.shape[1] - pad) / max(len(labels), 1)
+    y = line if title else 1
+    for k, text in enumerate(labels):
+        w = draw.textlength(text, font=font)
+        draw.text((pad + k * col_w + max((col_w - pad - w) / 2, 0), y), text, fill="black", font=font)
+    return np.concatenate([np.asarray(band, np.uint8), grid], axis=0)
+
+
+def save_grid(
+    images, path: Path, cols: int | None = None, scale: int = 1, labels: list[str] | None = None, title: str = ""
+) -> Path:
+    """Write a PNG grid of ``images`` atomically; ``scale`` enlarges small images (nearest);
+    ``labels`` (one per column) and ``title`` go in a band above it."""
     from medti.data.dataset import atomic_write_bytes, encode_png
 
     g = grid_image(images, cols=cols)
     if scale > 1:
         g = g.repeat(scale, axis=0).repeat(scale, axis=1)
+    if labels:
+        g = label_columns(g, labels, title, pad=2 * scale)
     atomic_write_bytes(Path(path), encode_png(g))
     return Path(path)
 

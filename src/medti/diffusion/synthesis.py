@@ -15,28 +15,8 @@ Each step is one function with one typed config and returns a result with ``.sum
 The sampler is :class:`medti.diffusion.guided.GuidedSampler`.  Errors a user can fix are
 :class:`~medti.diffusion.guided.SynthesisError` (a ``DatasetError``) naming the key, file or value.
 
-Dataset spec (YAML; relative paths are relative to the spec file)::
-
-    base: tiny                          # --base reference (required)
-    embeddings: [emb/csPCa.safetensors, emb/healthy.safetensors]
-    seed: 0                             # image i (over all classes, in order) uses seed + i
-    split: train                        # split of every row
-    name: synthetic-prostate            # dataset name (default synthetic-<modality>)
-    modality: prostate_mri              # dataset.json modality (required)
-    channels: [T2W, ADC, DWI]           # default for prostate_mri / cxr: the phantoms' channels
-    findings: [csPCa]                   # label columns (required; may be [])
-    sampler: {scheduler: dpmpp, steps: 30, guidance: 7.5, guidance_rescale: 0, guidance_interval: [0, 1],
-              guidance_threshold: 0, batch: 8, max_rows: 64, negative: ""}
-    classes:
-      - name: positive
-        prompt: "axial prostate mri, csPCa"
-        count: 1000
-        labels: {csPCa: 1}
-      - name: negative
-        prompt: "axial prostate mri, healthy"
-        count: 1000
-        labels: {csPCa: 0}
-        negative: ""                    # optional, overrides sampler.negative
+The dataset spec (YAML) is documented, with an example, in the README's "Synthetic dataset spec"
+section; a test keeps that example loadable.
 """
 
 from __future__ import annotations
@@ -328,8 +308,17 @@ def interpolate_concepts(cfg: InterpolateConfig) -> InterpolateResult:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     scale = _scale_for(strips.shape[2])
-    paths = [save_grid(strips[k], out / f"strip-seed{s}.png", cols=len(weights), scale=scale) for k, s in enumerate(seeds)]
-    overview = save_grid(strips.reshape(-1, *strips.shape[2:]), out / "strips.png", cols=len(weights), scale=scale)
+    # columns labelled with the weight of --to, as in the reference work's healthy -> diseased figure
+    labels = [f"{w:g}" for w in weights]
+    title = f"{cfg.from_prompt} -> {cfg.to_prompt} (weight of {cfg.to_prompt})"
+    paths = [
+        save_grid(strips[k], out / f"strip-seed{s}.png", cols=len(weights), scale=scale, labels=labels, title=f"{title}, seed {s}")
+        for k, s in enumerate(seeds)
+    ]
+    overview = save_grid(
+        strips.reshape(-1, *strips.shape[2:]), out / "strips.png", cols=len(weights), scale=scale, labels=labels,
+        title=f"{title}; one row per seed ({seeds[0]} to {seeds[-1]})",
+    )
     meta = {
         "from": cfg.from_prompt,
         "to": cfg.to_prompt,
