@@ -264,6 +264,19 @@ def test_cli_inpaint_keeps_pixels_outside_the_mask(env, tmp_path):
               "--prompt", "x", "--out", str(tmp_path / "o2.png")],
     )
     assert bad.exit_code == 1 and "empty" in bad.output and not (tmp_path / "o2.png").exists()
+    # an existing output (here the input image itself) is not replaced without --force, and a
+    # name that promises a lossy format is refused: the pixels outside the mask must stay exact
+    before = (tmp_path / "img.png").read_bytes()
+    args = ["synth", "inpaint", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), "--image",
+            str(tmp_path / "img.png"), "--mask", str(tmp_path / "mask.png"), "--prompt", "csPCa", "--steps", "2"]
+    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "img.png")])
+    assert bad.exit_code == 1 and "already exists and is the --image itself" in bad.output
+    assert (tmp_path / "img.png").read_bytes() == before
+    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o3.jpg")])
+    assert bad.exit_code == 1 and "give a name ending in .png" in bad.output and not (tmp_path / "o3.jpg").exists()
+    again = CliRunner().invoke(app, [*args, "--out", str(out), "--force"])
+    assert again.exit_code == 0, again.output
+    assert np.array_equal(load_image(out)[~m], img[~m])
 
 
 def test_cli_dataset_and_bad_spec(env, tmp_path):

@@ -446,6 +446,7 @@ def synth_inpaint_cmd(
     scheduler: str = typer.Option("dpmpp", "--scheduler", help="ddim | euler | euler_a | dpmpp."),
     device: str = typer.Option(None, "--device"),
     out: Path = typer.Option(..., "--out", help="Output PNG."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ):
     """Regenerate the masked region of an image; pixels outside the mask are kept exactly."""
     from medti.diffusion.synthesis import InpaintConfig, inpaint_image
@@ -454,7 +455,7 @@ def synth_inpaint_cmd(
         base=base, embeddings=_synth_embeddings(embeddings, ctx), image=image, mask=mask, prompt=prompt,
         negative=negative, strength=strength, resample=resample, seed=seed,
         sampler=_sampler(scheduler, steps, guidance, guidance_rescale, guidance_interval, guidance_threshold),
-        device=device, out=out,
+        device=device, out=out, overwrite=force,
     )
     typer.echo(_run(inpaint_image, cfg).summary())
 

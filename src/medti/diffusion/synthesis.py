@@ -353,6 +353,7 @@ class InpaintConfig:
     device: str | None = None
     precision: str = "auto"
     progress: bool = True
+    overwrite: bool = False  # replace an existing --out
 
 
 @dataclass
@@ -381,6 +382,17 @@ def inpaint_image(cfg: InpaintConfig) -> InpaintResult:
     for what, p in (("--image", cfg.image), ("--mask", cfg.mask)):
         if not Path(p).is_file():
             raise SynthesisError(f"{what} {p}: file not found")
+    out_path = Path(cfg.out)
+    if out_path.suffix.lower() != ".png":
+        raise SynthesisError(
+            f"--out {out_path}: the result is written as PNG (lossless, so pixels outside the mask stay exactly "
+            "the original's); give a name ending in .png"
+        )
+    if out_path.exists() and not cfg.overwrite:
+        same = out_path.resolve() == Path(cfg.image).resolve()
+        raise SynthesisError(
+            f"--out {out_path} already exists{' and is the --image itself' if same else ''} (use --force to replace it)"
+        )
     try:
         image = load_image(Path(cfg.image))
     except Exception as e:
@@ -405,10 +417,10 @@ def inpaint_image(cfg: InpaintConfig) -> InpaintResult:
         image, mask, resolved.prompt, n=1, seed=cfg.seed, negative=cfg.negative, strength=cfg.strength,
         feather=cfg.feather, dilate=cfg.dilate, resample=cfg.resample,
     )[0]
-    atomic_write_bytes(Path(cfg.out), encode_png(out))
+    atomic_write_bytes(out_path, encode_png(out))
     diff = np.abs(out.astype(int) - image.astype(int))
     return InpaintResult(
-        Path(cfg.out), int(mask.sum()), float(diff[mask].mean()), int(diff[~mask].max(initial=0)), time.time() - t0, warns
+        out_path, int(mask.sum()), float(diff[mask].mean()), int(diff[~mask].max(initial=0)), time.time() - t0, warns
     )
 
 
