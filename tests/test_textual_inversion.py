@@ -113,9 +113,20 @@ def test_interrupted_and_resumed_run_ends_with_the_same_embedding(tmp_path, base
     with pytest.raises(TrainingError, match="stopped after step 5"):
         train_embedding(_cfg(data, base, out_b, n_samples=0, stop_after=5))
     assert not out_b.exists()  # a killed run leaves no half-written embedding
-    assert list((tmp_path / "b").glob("pos.safetensors.checkpoints/step-*.safetensors"))
+    kept = sorted((tmp_path / "b").glob("pos.safetensors.checkpoints/step-*.safetensors"))
+    assert kept
+    # a run started again without --resume does not throw the unfinished one away
+    with pytest.raises(TrainingError, match="stopped at step 5; continue it with --resume, or discard it with --restart"):
+        train_embedding(_cfg(data, base, out_b, n_samples=0))
+    assert sorted((tmp_path / "b").glob("pos.safetensors.checkpoints/step-*.safetensors")) == kept
     resumed = train_embedding(_cfg(data, base, out_b, n_samples=0, resume=True))
     assert torch.equal(load_embedding(full.path).vectors, load_embedding(resumed.path).vectors)
+    # --restart discards it and trains from step 0 (the same seed: the same embedding)
+    out_c = tmp_path / "c" / "pos.safetensors"
+    with pytest.raises(TrainingError):
+        train_embedding(_cfg(data, base, out_c, n_samples=0, stop_after=3, lr=0.01))
+    restarted = train_embedding(_cfg(data, base, out_c, n_samples=0, restart=True))
+    assert torch.equal(load_embedding(full.path).vectors, load_embedding(restarted.path).vectors)
 
 
 def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path, bases, data):

@@ -233,6 +233,9 @@ def embed_train_cmd(
     max_images: int = typer.Option(100, "--max-images", help="Use at most this many cases."),
     out: Path = typer.Option(None, "--out", help="Output .safetensors (default embeddings/NAME.safetensors)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    restart: bool = typer.Option(
+        False, "--restart", help="Discard an unfinished run's checkpoints and start again (never done without it)."
+    ),
     checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
     sample_every: int = typer.Option(0, "--sample-every", help="Also write a sample grid every N steps."),
     precision: str = typer.Option("auto", "--precision", help="auto | no | bf16 | fp16 (GPU only)."),
@@ -253,7 +256,7 @@ def embed_train_cmd(
     cfg = EmbeddingConfig(
         data=data, concept=concept, where=where, base=base, split=split, vectors=vectors,
         init_text=init_text, steps=steps, lr=lr, batch=batch, max_images=max_images, out=out,
-        resume=resume, checkpoint_every=checkpoint_every, sample_every=sample_every,
+        resume=resume, restart=restart, checkpoint_every=checkpoint_every, sample_every=sample_every,
         precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed, max_norm=max_norm,
     )
     typer.echo(_run(train_embedding, cfg).summary())

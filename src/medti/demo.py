@@ -110,6 +110,9 @@ def _embeddings(cfg: DemoConfig, data: Path, out: Path, say) -> None:
                 data=data, concept=concept, where=where, base=cfg.base, vectors=cfg.vectors,
                 steps=cfg.ti_steps, batch=cfg.ti_batch, out=out / "embeddings" / f"{concept}.safetensors",
                 seed=cfg.seed, validate=False,  # validated above
+                # a demo stopped mid-training continues when run again (same data and settings:
+                # the same embedding as an uninterrupted run); with no checkpoint it starts afresh
+                resume=True,
             )
         )
         say(f"[embed] {r.summary()}")

@@ -71,6 +71,9 @@ class EmbeddingConfig:
     batch: int = 8
     out: Path | None = None  # default: embeddings/<concept>.safetensors
     resume: bool = False
+    #: discard an unfinished run's checkpoints and start again (without it, or ``resume``, they are
+    #: never deleted: a forgotten --resume must not throw away hours of training)
+    restart: bool = False
     seed: int = 0
     max_images: int = 100
     checkpoint_every: int = 250
@@ -258,6 +261,11 @@ def _save_checkpoint(out: Path, step: int, param, optimizer, gen, fingerprint: s
     return path
 
 
+def _checkpoint_step(path: Path) -> int:
+    """The step a checkpoint file holds, from its name (``step-0000250.safetensors``)."""
+    return int(path.stem.split("-", 1)[1])
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
     files = sorted(_ckpt_dir(out).glob("step-*.safetensors"))
     return files[-1] if files else None
@@ -273,7 +281,8 @@ def _load_checkpoint(path: Path, param, optimizer, gen, fingerprint: str) -> int
     if meta.get("fingerprint") != fingerprint:
         raise TrainingError(
             f"{path}: checkpoint was written by a run with other settings (concept, data, vectors, lr, "
-            "batch, seed or base differ); remove it or drop --resume"
+            "batch, seed, vector cap or base differ); run with the settings it was written with, or discard it "
+            "with --restart instead of --resume"
         )
     with torch.no_grad():
         param.copy_(t["param"].to(param.device))
@@ -483,6 +492,14 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
         raise TrainingError("--steps, --batch and --lr must be positive")
     parse_max_norm(cfg.max_norm)  # a bad value fails before the base is loaded
     out = cfg.out_path()
+    if cfg.resume and cfg.restart:
+        raise TrainingError("--resume and --restart exclude each other: continue the unfinished run, or discard it")
+    left = _latest_checkpoint(out)
+    if left is not None and not (cfg.resume or cfg.restart):
+        raise TrainingError(
+            f"{left.parent}: an unfinished run of this embedding stopped at step {_checkpoint_step(left)}; "
+            "continue it with --resume, or discard it with --restart"
+        )
     token = token_for(cfg.concept)
     if cfg.validate:
         from medti.data.validate import require_valid
@@ -531,7 +548,7 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
         if ck is not None:
             start = _load_checkpoint(ck, param, raw_opt, gen, fingerprint)
             accelerator.print(f"resumed from {ck} at step {start}")
-    elif _latest_checkpoint(out) is not None:
+    elif cfg.restart:
         for old in _ckpt_dir(out).glob("step-*.safetensors"):
             old.unlink()
 
