@@ -69,6 +69,17 @@ def test_cli_base_train(tmp_path, corpus):
     r = CliRunner().invoke(app, ["base", "train", "--data", str(corpus), "--out", str(out), "--base", str(build_micro(tmp_path / "m")), "--steps", "1", "--batch", "2"])
     assert r.exit_code == 0, r.output
     assert (out / "model_index.json").exists()
+    # an existing pipeline dir is replaced only with --force (here: fine-tuned in place), and a
+    # non-empty dir that is not one (a mistyped --out, the data itself) never, before any training
+    base_args = ["base", "train", "--data", str(corpus), "--base", str(out), "--steps", "1", "--batch", "2"]
+    again = CliRunner().invoke(app, [*base_args, "--out", str(out)])
+    assert again.exit_code != 0 and "already exists and is not empty (use --force" in again.output
+    again = CliRunner().invoke(app, [*base_args, "--out", str(out), "--force"])
+    assert again.exit_code == 0, again.output
+    before = sorted(p.relative_to(corpus) for p in corpus.rglob("*"))
+    bad = CliRunner().invoke(app, [*base_args, "--out", str(corpus), "--force"])
+    assert bad.exit_code != 0 and "is not a diffusers pipeline dir" in bad.output and "training" not in bad.output
+    assert sorted(p.relative_to(corpus) for p in corpus.rglob("*")) == before
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])

@@ -262,6 +262,16 @@ def test_cli_writes_a_prostate_phantom_dataset(tmp_path):
     assert len(rows) == 20 and (out / "images" / "prostate-000019.png").is_file()
     again = runner.invoke(app, ["data", "phantom", "prostate", "--out", str(out), "--n", "20"])
     assert again.exit_code != 0 and "already exists" in again.output
+    again = runner.invoke(app, ["data", "phantom", "prostate", "--out", str(out), "--n", "12", "--force"])
+    assert again.exit_code == 0, again.output
+    assert len(read_manifest(out)) == 12
+    # --force replaces a dataset dir, never a dir of something else (a mistyped --out)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    bad = runner.invoke(app, ["data", "phantom", "prostate", "--out", str(other), "--n", "4", "--force"])
+    assert bad.exit_code != 0 and "is not a medti dataset dir" in bad.output
+    assert [p.name for p in other.iterdir()] == ["keep.txt"]
     bad = runner.invoke(app, ["data", "phantom", "cxr", "--out", str(tmp_path / "x"), "--size", "8"])
     assert bad.exit_code != 0 and "size" in bad.output and not (tmp_path / "x").exists()
 

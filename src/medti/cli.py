@@ -93,7 +93,7 @@ def phantom_prostate(
     positive_fraction: float = typer.Option(0.5, "--positive-fraction", help="Fraction with csPCa."),
     unlabeled: bool = typer.Option(False, "--unlabeled", help="Captioned corpus without diagnosis."),
     splits: str = typer.Option("0.34,0.33,0.33", "--splits", help="train,val,test patient fractions."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output dir."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing dataset dir at --out (never a dir of anything else)."),
 ):
     """Prostate MRI phantoms: R=T2W, G=ADC, B=high-b DWI; csPCa lesions with masks."""
     _phantom("prostate", out, n, size, seed, positive_fraction, unlabeled, splits, force)
@@ -110,7 +110,7 @@ def phantom_cxr(
     ),
     unlabeled: bool = typer.Option(False, "--unlabeled", help="Captioned corpus without diagnosis."),
     splits: str = typer.Option("0.34,0.33,0.33", "--splits", help="train,val,test patient fractions."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output dir."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing dataset dir at --out (never a dir of anything else)."),
 ):
     """Frontal chest x-ray phantoms: pleural_effusion, pneumonia, cardiomegaly (multi-label)."""
     _phantom("cxr", out, n, size, seed, positive_fraction, unlabeled, splits, force)
@@ -124,7 +124,7 @@ def import_picai_cmd(
     out: Path = typer.Option(..., "--out", help="Output dataset dir."),
     size: int = typer.Option(512, "--size", help="Output image size (pixels)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the patient-level split."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output dir."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing dataset dir at --out (never a dir of anything else)."),
 ):
     """Import PI-CAI biparametric MRI: T2W/ADC/HBV as RGB, one slice per study."""
     from medti.data.importers import PicaiImportConfig, import_picai
@@ -141,7 +141,7 @@ def import_chexpert_cmd(
     uncertain: str = typer.Option("ignore", "--uncertain", help="-1 labels: ignore (drop case) | positive | negative."),
     size: int = typer.Option(512, "--size", help="Output image size (pixels)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the patient-level split."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output dir."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing dataset dir at --out (never a dir of anything else)."),
 ):
     """Import CheXpert frontal views with pleural_effusion / pneumonia / cardiomegaly labels."""
     from medti.data.importers import ChexpertImportConfig, import_chexpert
@@ -194,13 +194,14 @@ def base_train_cmd(
     lr: float = typer.Option(1e-3, "--lr"),
     train_text_encoder: bool = typer.Option(False, "--train-text-encoder", help="Also train the text encoder."),
     seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing pipeline dir at --out (e.g. fine-tune in place)."),
 ):
     """Train the VAE (tiny only) and the UNet on image+caption pairs; writes a diffusers dir."""
     from medti.diffusion.base_train import BaseTrainConfig, train_base
 
     cfg = BaseTrainConfig(
         data=data, out=out, base=base, steps=steps, vae_steps=vae_steps, batch=batch, lr=lr,
-        train_text_encoder=train_text_encoder, seed=seed,
+        train_text_encoder=train_text_encoder, seed=seed, overwrite=force,
     )
     typer.echo(_run(train_base, cfg).summary())
 
@@ -378,7 +379,7 @@ def synth_generate_cmd(
     max_rows: int = typer.Option(64, "--max-rows", help="Most rows (images x branches) per UNet call."),
     device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when present)."),
     out: Path = typer.Option(..., "--out", help="Output dir (dataset format + grid.png)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output dir."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing dataset dir at --out (never a dir of anything else)."),
 ):
     """Generate images of a (composed) prompt: PNGs, a grid, a manifest row per image."""
     from medti.diffusion.synthesis import GenerateConfig, generate_images
@@ -467,7 +468,7 @@ def synth_inpaint_cmd(
 def synth_dataset_cmd(
     spec: Path = typer.Option(..., "--spec", help="Dataset spec YAML (base, embeddings, sampler, classes); example in the README, 'Synthetic dataset spec'."),
     out: Path = typer.Option(..., "--out", help="Output dataset dir."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output dir."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing dataset dir at --out (never a dir of anything else)."),
     restart: bool = typer.Option(False, "--restart", help="Discard an unfinished run instead of resuming it."),
     device: str = typer.Option(None, "--device"),
 ):

@@ -198,11 +198,7 @@ class DatasetWriter:
         self.rows: list[dict[str, Any]] = []
         self._ids: set[str] = set()
         self.tmp: Path | None = None
-        if self.out.exists() and not overwrite:
-            if not self.out.is_dir() or any(self.out.iterdir()):
-                raise DatasetError(
-                    f"output {self.out} already exists and is not empty (use overwrite/--force)"
-                )
+        check_output_dir(self.out, overwrite, (INFO, MANIFEST), "medti dataset dir")
 
     def __enter__(self) -> DatasetWriter:
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -276,6 +272,27 @@ class DatasetWriter:
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
+
+
+def check_output_dir(out: Path, overwrite: bool, markers: Sequence[str], kind: str) -> None:
+    """Refuse an output dir that a step would replace wrongly.  A missing or empty dir is fine; a
+    non-empty one needs ``overwrite`` (--force), and even then it must hold one of ``markers`` (it is
+    the kind of dir the step writes), so a mistyped --out (``.``, a home or project dir, the input
+    data) is never deleted to make room."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DatasetError(f"output {out} exists and is not a directory")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise DatasetError(f"output {out} already exists and is not empty (use --force to replace it)")
+    if not any((out / m).exists() for m in markers):
+        raise DatasetError(
+            f"output {out} is not empty and is not a {kind} (it has no {' or '.join(markers)}); --force replaces "
+            "only what this step writes, so give another --out"
+        )
 
 
 def replace_dir(new: Path, target: Path) -> None:

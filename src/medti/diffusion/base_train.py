@@ -40,6 +40,7 @@ class BaseTrainConfig:
     seed: int = 0
     device: str | None = None
     progress: bool = True
+    overwrite: bool = False  # replace an existing pipeline dir at --out (--force)
 
 
 @dataclass
@@ -274,6 +275,7 @@ def train_base(cfg: BaseTrainConfig) -> BaseTrainResult:
     from accelerate import Accelerator
 
     from medti._quiet import quiet_libraries
+    from medti.data.dataset import check_output_dir
     from medti.diffusion.base import (
         BASE_VOCAB_TEXT,
         SPECS,
@@ -286,6 +288,8 @@ def train_base(cfg: BaseTrainConfig) -> BaseTrainResult:
 
     quiet_libraries()
     t0 = time.time()
+    # before any training: a run of hours must not end in a refusal
+    check_output_dir(cfg.out, cfg.overwrite, ("model_index.json",), "diffusers pipeline dir")
     torch.manual_seed(cfg.seed)
     device = Accelerator(cpu=(cfg.device == "cpu")).device
     stats: dict[str, Any] = {}
@@ -409,7 +413,7 @@ def build_tiny(out: Path, progress: bool = True, spec: str = "tiny") -> Path:
                              positive_fraction=spec.corpus_prevalence(kind))
             )
             dirs.append(d)
-        res = train_base(BaseTrainConfig(data=dirs, out=out, spec=name, seed=spec.seed, progress=progress))
+        res = train_base(BaseTrainConfig(data=dirs, out=out, spec=name, seed=spec.seed, progress=progress, overwrite=True))
     if progress:
         print(res.summary(), flush=True)
     return out

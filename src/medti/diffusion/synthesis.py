@@ -658,13 +658,24 @@ def synthesize(cfg: SynthesisConfig) -> SynthesisResult:
     """Generate the dataset a spec describes; resumable, byte-identical to an uninterrupted run."""
     from tqdm.auto import tqdm
 
-    from medti.data.dataset import DatasetInfo, DatasetWriter, atomic_write_bytes, atomic_write_text
+    from medti.data.dataset import (
+        INFO,
+        MANIFEST,
+        DatasetError,
+        DatasetInfo,
+        DatasetWriter,
+        atomic_write_bytes,
+        atomic_write_text,
+        check_output_dir,
+    )
 
     t0 = time.time()
     spec = load_spec(Path(cfg.spec))
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise SynthesisError(f"output {out} already exists and is not empty (use --force)")
+    try:
+        check_output_dir(out, cfg.overwrite, (INFO, MANIFEST), "medti dataset dir")
+    except DatasetError as e:
+        raise SynthesisError(str(e)) from None
     if cfg.stop_after is not None and (isinstance(cfg.stop_after, bool) or cfg.stop_after < 1):
         raise SynthesisError(f"stop_after={cfg.stop_after!r} must be an integer >= 1")
     sp = spec.sampler
