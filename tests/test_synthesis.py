@@ -139,6 +139,17 @@ def test_bad_spec_names_the_key(env, tmp_path, change, message):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("device", ["tpu", "cuda:99", "cuda"])
+def test_an_unusable_device_is_refused_by_name(env, tmp_path, device):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda is usable")
+    r = CliRunner().invoke(app, ["synth", "generate", *_common(env), "--embeddings", str(env["embs"]["csPCa"]),
+                                 "--prompt", "csPCa", "--n", "1", "--device", device,
+                                 "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and f"--device {device}" in r.output.replace("'", "") and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_readme_example_spec_loads(env, tmp_path):
     # the README is where users copy a spec from; it must stay a spec that load_spec accepts
     from pathlib import Path

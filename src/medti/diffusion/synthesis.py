@@ -52,6 +52,18 @@ def _device_dtype(device: str | None, precision: str):
     import torch
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(dev)
+    except (RuntimeError, TypeError):
+        d = None
+    if d is None or d.type not in ("cpu", "cuda"):
+        raise SynthesisError(f"--device {dev!r}: use cpu or cuda (cuda:N for one GPU of several)")
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise SynthesisError(
+            f"--device {dev}: no CUDA GPU is available here (torch {torch.__version__}); use --device cpu"
+        )
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise SynthesisError(f"--device {dev}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0 up")
     if precision not in ("auto", "no", "bf16", "fp16"):
         raise SynthesisError(f"precision {precision!r} must be auto, no, bf16 or fp16")
     if dev == "cpu" or precision == "no":
