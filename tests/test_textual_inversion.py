@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from diffusion_fixtures import make_blob_dataset
 from medti.cli import app
 from medti.diffusion.base import BaseModelError, build_micro, load_base
-from medti.diffusion.embeddings import load_embedding
+from medti.diffusion.embeddings import EmbeddingError, load_embedding
 from medti.diffusion.textual_inversion import (
     EmbeddingConfig,
     TrainingError,
@@ -127,6 +127,13 @@ def test_interrupted_and_resumed_run_ends_with_the_same_embedding(tmp_path, base
         train_embedding(_cfg(data, base, out_c, n_samples=0, stop_after=3, lr=0.01))
     restarted = train_embedding(_cfg(data, base, out_c, n_samples=0, restart=True))
     assert torch.equal(load_embedding(full.path).vectors, load_embedding(restarted.path).vectors)
+
+
+def test_an_output_name_that_cannot_be_saved_fails_before_any_training(tmp_path, data):
+    # the base does not exist: the name is checked first, so a long run never ends unable to save
+    with pytest.raises(EmbeddingError, match="unknown embedding format"):
+        train_embedding(_cfg(data, tmp_path / "no-such-base", tmp_path / "pos.txt"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path, bases, data):

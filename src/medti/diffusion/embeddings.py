@@ -99,9 +99,18 @@ def _as_2d(t, path: Path):
     return t.detach().to(torch.float32).contiguous()
 
 
+def check_save_path(path: Path) -> Path:
+    """``path`` if an embedding can be written there (by its suffix), else a clear error - checked
+    before training starts, so a long run never ends unable to save."""
+    path = Path(path)
+    if path.suffix not in (".safetensors", ".pt"):
+        raise EmbeddingError(f"{path}: unknown embedding format (use .safetensors or .pt)")
+    return path
+
+
 def save_embedding(emb: Embedding, path: Path) -> Path:
     """Write ``emb`` as ``.safetensors`` (native) or ``.pt`` (A1111), atomically."""
-    path = Path(path)
+    path = check_save_path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import save
 
@@ -129,8 +138,6 @@ def save_embedding(emb: Embedding, path: Path) -> Path:
         buf = io.BytesIO()
         torch.save(obj, buf)
         data = buf.getvalue()
-    else:
-        raise EmbeddingError(f"{path}: unknown embedding format (use .safetensors or .pt)")
     from medti.data.dataset import atomic_write_bytes
 
     atomic_write_bytes(path, data)

@@ -482,7 +482,7 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
     from medti._quiet import quiet_libraries
     from medti.data.dataset import DatasetError
     from medti.diffusion.base import load_base
-    from medti.diffusion.embeddings import Embedding, save_embedding, token_for
+    from medti.diffusion.embeddings import Embedding, check_save_path, save_embedding, token_for
 
     quiet_libraries()
     t0 = time.time()
@@ -491,7 +491,7 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
     if cfg.steps < 1 or cfg.batch < 1 or not cfg.lr > 0:
         raise TrainingError("--steps, --batch and --lr must be positive")
     parse_max_norm(cfg.max_norm)  # a bad value fails before the base is loaded
-    out = cfg.out_path()
+    out = check_save_path(cfg.out_path())
     if cfg.resume and cfg.restart:
         raise TrainingError("--resume and --restart exclude each other: continue the unfinished run, or discard it")
     left = _latest_checkpoint(out)
