@@ -40,6 +40,12 @@ def test_safetensors_pt_safetensors_round_trip(tmp_path):
     back = load_embedding(c)
     assert back.token == "<cspca>" and back.concept == "csPCa"
     assert torch.equal(back.vectors, e.vectors)
+    # converting onto an existing file (here: back onto the source) needs overwrite / --force
+    before = a.read_bytes()
+    with pytest.raises(EmbeddingError, match="already exists"):
+        convert_embedding(b, a)
+    assert a.read_bytes() == before
+    assert load_embedding(convert_embedding(b, a, overwrite=True)).token == "<cspca>"
     native = load_embedding(a)
     assert native.metadata["concept"] == "csPCa" and native.metadata["vectors"] == "4"
     # the A1111 file carries the A1111 fields

@@ -268,11 +268,12 @@ def embed_convert_cmd(
     src: Path = typer.Argument(..., help="Input embedding (.safetensors or A1111 .pt)."),
     dst: Path = typer.Argument(..., help="Output embedding (.safetensors or .pt)."),
     token: str = typer.Option(None, "--token", help="Token name (default: from the input file name)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
 ):
     """Convert between medti .safetensors and AUTOMATIC1111 .pt."""
     from medti.diffusion.embeddings import convert_embedding
 
-    out = _run(lambda c: convert_embedding(*c), (src, dst, token))
+    out = _run(lambda c: convert_embedding(*c), (src, dst, token, force))
     typer.echo(f"wrote {out}")
 
 

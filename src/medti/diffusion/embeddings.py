@@ -207,7 +207,12 @@ def load_embedding(path: Path, token: str | None = None) -> Embedding:
     raise EmbeddingError(f"{path}: unknown embedding format (use .safetensors or .pt)")
 
 
-def convert_embedding(src: Path, dst: Path, token: str | None = None) -> Path:
+def convert_embedding(src: Path, dst: Path, token: str | None = None, overwrite: bool = False) -> Path:
+    """``src`` written again in ``dst``'s format; an existing ``dst`` (the source itself, a trained
+    embedding) is replaced only with ``overwrite``."""
+    dst = check_save_path(dst)
+    if dst.exists() and not overwrite:
+        raise EmbeddingError(f"{dst} already exists (use --force to replace it)")
     emb = load_embedding(src, token=token)
     return save_embedding(emb, dst)
 
