@@ -150,6 +150,18 @@ def test_an_unusable_device_is_refused_by_name(env, tmp_path, device):
     assert not (tmp_path / "o").exists()
 
 
+def test_generate_refuses_a_negative_seed_and_a_non_dataset_out_before_sampling(env, tmp_path):
+    args = ["synth", "generate", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), "--prompt", "csPCa", "--n", "1"]
+    r = CliRunner().invoke(app, [*args, "--seed", "-1", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "--seed: must be an integer >= 0, got -1" in r.output and not (tmp_path / "o").exists()
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "notes.md").write_text("mine")
+    r = CliRunner().invoke(app, [*args, "--out", str(mine), "--force"])
+    assert r.exit_code == 1 and "is not a medti dataset dir" in r.output and "sample" not in r.output
+    assert [p.name for p in mine.iterdir()] == ["notes.md"]
+
+
 def test_the_readme_example_spec_loads(env, tmp_path):
     # the README is where users copy a spec from; it must stay a spec that load_spec accepts
     from pathlib import Path

@@ -200,9 +200,8 @@ def generate_images(cfg: GenerateConfig) -> GenerateResult:
     t0 = time.time()
     if isinstance(cfg.n, bool) or not isinstance(cfg.n, int) or cfg.n < 1:
         raise SynthesisError(f"--n {cfg.n!r} must be an integer >= 1")
-    out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise SynthesisError(f"output {out} already exists and is not empty (use --force)")
+    _int("--seed", cfg.seed, 0)
+    out = _check_out(cfg.out, cfg.overwrite)
     sampler, warns = load_sampler(
         cfg.base, cfg.embeddings, cfg.sampler, device=cfg.device, precision=cfg.precision, progress=cfg.progress
     )
@@ -302,6 +301,7 @@ def interpolate_concepts(cfg: InterpolateConfig) -> InterpolateResult:
         raise SynthesisError(f"--weights {cfg.weights!r}: give one or more finite numbers, e.g. 0,0.25,0.5,0.75,1")
     if isinstance(cfg.n_seeds, bool) or not isinstance(cfg.n_seeds, int) or cfg.n_seeds < 1:
         raise SynthesisError(f"--n-seeds {cfg.n_seeds!r} must be an integer >= 1")
+    _int("--seed", cfg.seed, 0)
     sampler, warns = load_sampler(
         cfg.base, cfg.embeddings, cfg.sampler, device=cfg.device, precision=cfg.precision, progress=cfg.progress
     )
@@ -394,6 +394,7 @@ def inpaint_image(cfg: InpaintConfig) -> InpaintResult:
     for what, p in (("--image", cfg.image), ("--mask", cfg.mask)):
         if not Path(p).is_file():
             raise SynthesisError(f"{what} {p}: file not found")
+    _int("--seed", cfg.seed, 0)
     out_path = Path(cfg.out)
     if out_path.suffix.lower() != ".png":
         raise SynthesisError(
@@ -480,6 +481,17 @@ def _unknown(where: str, keys, allowed: set[str]) -> None:
             close = difflib.get_close_matches(str(k), sorted(allowed), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise SynthesisError(f"{where}: unknown key {k!r}{hint}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _check_out(out, overwrite: bool) -> Path:
+    """The output dataset dir, checked before any sampling (exists without --force? not a dataset dir?)."""
+    from medti.data.dataset import INFO, MANIFEST, DatasetError, check_output_dir
+
+    try:
+        check_output_dir(Path(out), overwrite, (INFO, MANIFEST), "medti dataset dir")
+    except DatasetError as e:
+        raise SynthesisError(str(e)) from None
+    return Path(out)
 
 
 def _int(where: str, v, lo: int) -> int:
@@ -670,24 +682,12 @@ def synthesize(cfg: SynthesisConfig) -> SynthesisResult:
     """Generate the dataset a spec describes; resumable, byte-identical to an uninterrupted run."""
     from tqdm.auto import tqdm
 
-    from medti.data.dataset import (
-        INFO,
-        MANIFEST,
-        DatasetError,
-        DatasetInfo,
-        DatasetWriter,
-        atomic_write_bytes,
-        atomic_write_text,
-        check_output_dir,
-    )
+    from medti.data.dataset import DatasetInfo, DatasetWriter, atomic_write_bytes, atomic_write_text
 
     t0 = time.time()
     spec = load_spec(Path(cfg.spec))
     out = Path(cfg.out)
-    try:
-        check_output_dir(out, cfg.overwrite, (INFO, MANIFEST), "medti dataset dir")
-    except DatasetError as e:
-        raise SynthesisError(str(e)) from None
+    _check_out(out, cfg.overwrite)
     if cfg.stop_after is not None and (isinstance(cfg.stop_after, bool) or cfg.stop_after < 1):
         raise SynthesisError(f"stop_after={cfg.stop_after!r} must be an integer >= 1")
     sp = spec.sampler
