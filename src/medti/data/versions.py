@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medti.data.dataset import INFO, MANIFEST, DatasetError
+from medti.data.dataset import INFO, MANIFEST, DatasetError, atomic_write_text
 from medti.data.validate import REPORT_DIR, ValidateConfig, ValidationResult, validate_dataset
 
 DVC_DIR = ".dvc"
@@ -208,7 +208,7 @@ def _add_ignore_rule(root: Path) -> None:
     if text and not text.endswith("\n"):
         text += "\n"
     text += f"# medti validation reports (derived, not data)\n{IGNORE_RULE}\n"
-    p.write_text(text, encoding="utf-8")
+    atomic_write_text(p, text)
 
 
 # ----------------------------------------------------------------------------- versions
