@@ -216,7 +216,7 @@ def main() -> None:
                     data=data[kind], concept=concept, where=where, base=args.base, vectors=vectors[kind],
                     steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, init_text=init,
                     out=emb_dir / f"{concept}.safetensors", n_samples=0, max_images=100, progress=False,
-                    max_norm=max_norm_arg(args.max_norm),
+                    max_norm=max_norm_arg(args.max_norm), overwrite=True,  # --keep: re-made on every run
                 )
             )
             secs[f"ti_{concept}"] = time.time() - t

@@ -68,7 +68,7 @@ def main() -> None:
                 EmbeddingConfig(
                     data=data, concept=concept, where=where, base="tiny", vectors=args.vectors, steps=args.steps,
                     batch=args.batch, lr=args.lr, seed=args.seed, out=emb_dir / f"{concept}.safetensors", n_samples=0,
-                    max_images=100, max_norm=max_norm_arg(args.max_norm),
+                    max_images=100, max_norm=max_norm_arg(args.max_norm), overwrite=True,  # --keep: re-made
                 )
             )
             secs[concept] = (time.time() - tw, time.process_time() - t)

@@ -77,6 +77,7 @@ def main() -> None:
                     n_samples=0,
                     max_images=100,
                     progress=False,
+                    overwrite=True,  # a kept dir is re-made on every run
                 )
             )
             t_train = time.time() - t

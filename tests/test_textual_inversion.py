@@ -121,6 +121,11 @@ def test_interrupted_and_resumed_run_ends_with_the_same_embedding(tmp_path, base
     assert sorted((tmp_path / "b").glob("pos.safetensors.checkpoints/step-*.safetensors")) == kept
     resumed = train_embedding(_cfg(data, base, out_b, n_samples=0, resume=True))
     assert torch.equal(load_embedding(full.path).vectors, load_embedding(resumed.path).vectors)
+    # a finished embedding is not replaced by a new run without overwrite (--force)
+    before = out_b.read_bytes()
+    with pytest.raises(TrainingError, match="already exists"):
+        train_embedding(_cfg(data, base, out_b, n_samples=0, lr=0.01))
+    assert out_b.read_bytes() == before
     # --restart discards it and trains from step 0 (the same seed: the same embedding)
     out_c = tmp_path / "c" / "pos.safetensors"
     with pytest.raises(TrainingError):
@@ -202,7 +207,7 @@ def test_cli_embed_train(tmp_path, bases, data):
     r = CliRunner().invoke(
         app,
         ["embed", "train", "--data", str(data), "--concept", "lesion", "--where", "csPCa=1", "--gradient-checkpointing",
-         "--base", str(bases["epsilon"]), "--vectors", "2", "--steps", "3", "--batch", "2", "--out", str(out)],
+         "--base", str(bases["epsilon"]), "--vectors", "2", "--steps", "3", "--batch", "2", "--out", str(out), "--force"],
     )
     assert r.exit_code == 0, r.output
     assert load_embedding(out).metadata["gradient_checkpointing"] == "true"

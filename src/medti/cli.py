@@ -237,6 +237,7 @@ def embed_train_cmd(
     restart: bool = typer.Option(
         False, "--restart", help="Discard an unfinished run's checkpoints and start again (never done without it)."
     ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing embedding file at --out."),
     checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
     sample_every: int = typer.Option(0, "--sample-every", help="Also write a sample grid every N steps."),
     precision: str = typer.Option("auto", "--precision", help="auto | no | bf16 | fp16 (GPU only)."),
@@ -257,7 +258,7 @@ def embed_train_cmd(
     cfg = EmbeddingConfig(
         data=data, concept=concept, where=where, base=base, split=split, vectors=vectors,
         init_text=init_text, steps=steps, lr=lr, batch=batch, max_images=max_images, out=out,
-        resume=resume, restart=restart, checkpoint_every=checkpoint_every, sample_every=sample_every,
+        resume=resume, restart=restart, overwrite=force, checkpoint_every=checkpoint_every, sample_every=sample_every,
         precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed, max_norm=max_norm,
     )
     typer.echo(_run(train_embedding, cfg).summary())

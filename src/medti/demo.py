@@ -113,6 +113,7 @@ def _embeddings(cfg: DemoConfig, data: Path, out: Path, say) -> None:
                 # a demo stopped mid-training continues when run again (same data and settings:
                 # the same embedding as an uninterrupted run); with no checkpoint it starts afresh
                 resume=True,
+                overwrite=True,  # the demo re-makes its outputs on every run
             )
         )
         say(f"[embed] {r.summary()}")

@@ -74,6 +74,8 @@ class EmbeddingConfig:
     #: discard an unfinished run's checkpoints and start again (without it, or ``resume``, they are
     #: never deleted: a forgotten --resume must not throw away hours of training)
     restart: bool = False
+    #: replace an existing embedding file at the output path (--force)
+    overwrite: bool = False
     seed: int = 0
     max_images: int = 100
     checkpoint_every: int = 250
@@ -492,6 +494,8 @@ def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
         raise TrainingError("--steps, --batch and --lr must be positive")
     parse_max_norm(cfg.max_norm)  # a bad value fails before the base is loaded
     out = check_save_path(cfg.out_path())
+    if out.exists() and not cfg.overwrite:
+        raise TrainingError(f"{out} already exists (use --force to replace it with a new embedding)")
     if cfg.resume and cfg.restart:
         raise TrainingError("--resume and --restart exclude each other: continue the unfinished run, or discard it")
     left = _latest_checkpoint(out)
