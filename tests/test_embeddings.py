@@ -103,8 +103,13 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path):
         load_embedding(evil)
     assert not marker.exists()
     r = CliRunner().invoke(app, ["embed", "inspect", str(evil)])
-    assert r.exit_code != 0 and "refused" in r.output
+    # the refusal names what the pickle asked for, without torch's advice to retry unsafely
+    assert r.exit_code != 0 and "refused" in r.output and "Details: " in r.output and "weights_only" not in r.output
     assert not marker.exists()
+    text = tmp_path / "notes.pt"
+    text.write_text("not an embedding")
+    with pytest.raises(EmbeddingError, match="not a PyTorch file"):
+        load_embedding(text)
 
 
 def test_sd2_sized_embedding_is_under_one_megabyte(tmp_path):

@@ -174,12 +174,16 @@ def load_embedding(path: Path, token: str | None = None) -> Embedding:
 
         import torch
 
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+            raise EmbeddingError(f"{path}: not a PyTorch file (neither a zip archive nor a pickle; it starts {head!r})")
         try:
             obj = torch.load(str(path), weights_only=True, map_location="cpu")
         except pickle.UnpicklingError as e:
             raise EmbeddingError(
                 f"{path}: refused - the pickle asks to construct objects other than tensors "
-                f"(possible code execution); nothing in it was run. Details: {str(e).splitlines()[0]}"
+                f"(possible code execution); nothing in it was run. Details: {_unpickler_reason(e)}"
             ) from e
         except Exception as e:
             raise EmbeddingError(f"{path}: not a readable torch file ({type(e).__name__}: {e})") from e
@@ -205,6 +209,15 @@ def load_embedding(path: Path, token: str | None = None) -> Embedding:
             raise EmbeddingError(f"{path}: not an embedding (neither A1111 string_to_param nor {{token: tensor}})")
         return Embedding(tok, _as_2d(vec, path), meta)
     raise EmbeddingError(f"{path}: unknown embedding format (use .safetensors or .pt)")
+
+
+def _unpickler_reason(e: Exception) -> str:
+    """The line of torch's weights-only refusal that says what was refused (its other lines are boilerplate,
+    including advice to retry with weights_only=False, which medti never does)."""
+    boiler = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler error")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    reasons = [ln for ln in lines if not ln.startswith(boiler)]
+    return reasons[0] if reasons else (lines[0] if lines else type(e).__name__)
 
 
 def convert_embedding(src: Path, dst: Path, token: str | None = None, overwrite: bool = False) -> Path:
