@@ -162,6 +162,34 @@ def test_generate_refuses_a_negative_seed_and_a_non_dataset_out_before_sampling(
     assert [p.name for p in mine.iterdir()] == ["notes.md"]
 
 
+def test_ctrl_c_keeps_the_chunks_says_how_to_continue_and_the_rerun_finishes(env, tmp_path):
+    # a real SIGINT to a real `medti synth dataset` process, once its first chunk is on disk
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = _spec(env, env["root"] / "sigint.yaml", classes=[
+        {"name": "pos", "prompt": "axial prostate mri, csPCa", "count": 120, "labels": {"csPCa": 1}},
+    ])
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "medti.cli", "synth", "dataset", "--spec", str(spec), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while not list(work_dir(out).glob("chunk-*.npy")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; the images made so far are kept: run the same command again to continue" in err
+    assert "Traceback" not in err and not out.exists()
+    kept = len(list(work_dir(out).glob("chunk-*.npy")))
+    assert 1 <= kept < 120 // 3
+    again = synthesize(SynthesisConfig(spec=spec, out=out, progress=False, validate=False))
+    assert again.n == 120 and again.generated == 120 - 3 * kept and len(read_manifest(out)) == 120
+
+
 def test_the_readme_example_spec_loads(env, tmp_path):
     # the README is where users copy a spec from; it must stay a spec that load_spec accepts
     from pathlib import Path

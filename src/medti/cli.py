@@ -40,8 +40,12 @@ def _fail(msg: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _run(fn, cfg):
-    """Call a library step; turn a user-facing error into a clean message and exit code."""
+_INTERRUPTED = "interrupted; nothing half-written was left (outputs are renamed into place only when complete)"
+
+
+def _run(fn, cfg, interrupted: str = _INTERRUPTED):
+    """Call a library step; turn a user-facing error into a clean message and exit code, and Ctrl-C
+    into one line saying what was kept and how to continue (exit code 130, as shells report SIGINT)."""
     # these modules import nothing heavy at their top level
     from medti.data.dataset import DatasetError
     from medti.diffusion.base import BaseModelError
@@ -53,6 +57,8 @@ def _run(fn, cfg):
         return fn(cfg)
     except user_errors as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        _fail(interrupted, code=130)
 
 
 # ----------------------------------------------------------------------------- data phantom
@@ -261,7 +267,11 @@ def embed_train_cmd(
         resume=resume, restart=restart, overwrite=force, checkpoint_every=checkpoint_every, sample_every=sample_every,
         precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed, max_norm=max_norm,
     )
-    typer.echo(_run(train_embedding, cfg).summary())
+    typer.echo(_run(
+        train_embedding, cfg,
+        interrupted=f"interrupted; the checkpoints written so far (one every {checkpoint_every} steps) are kept: run the "
+        "same command with --resume to continue from the last one",
+    ).summary())
 
 
 @embed_app.command("convert")
@@ -478,7 +488,11 @@ def synth_dataset_cmd(
     from medti.diffusion.synthesis import SynthesisConfig, synthesize
 
     cfg = SynthesisConfig(spec=spec, out=out, overwrite=force, restart=restart, device=device)
-    typer.echo(_run(synthesize, cfg).summary())
+    typer.echo(_run(
+        synthesize, cfg,
+        interrupted="interrupted; the images made so far are kept: run the same command again to continue "
+        "(the result is the same as an uninterrupted run)",
+    ).summary())
 
 
 # ----------------------------------------------------------------------------- demo
