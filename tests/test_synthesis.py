@@ -190,6 +190,19 @@ def test_ctrl_c_keeps_the_chunks_says_how_to_continue_and_the_rerun_finishes(env
     assert again.n == 120 and again.generated == 120 - 3 * kept and len(read_manifest(out)) == 120
 
 
+def test_a_second_run_on_the_same_output_fails_at_once_while_the_first_holds_it(env, tmp_path):
+    from medti.data.dataset import output_lock
+
+    spec = _spec(env, env["root"] / "lock.yaml")
+    out = tmp_path / "ds"
+    with output_lock(out, "synth dataset"):  # what a running `medti synth dataset` holds
+        with pytest.raises(DatasetError, match="another synth dataset run is writing .*ds right now"):
+            synthesize(SynthesisConfig(spec=spec, out=out, progress=False, validate=False))
+        assert not work_dir(out).exists()  # it started nothing
+    res = synthesize(SynthesisConfig(spec=spec, out=out, progress=False, validate=False))
+    assert res.n == 7 and sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no lock file left behind
+
+
 def test_the_readme_example_spec_loads(env, tmp_path):
     # the README is where users copy a spec from; it must stay a spec that load_spec accepts
     from pathlib import Path

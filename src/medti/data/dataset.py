@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,33 @@ def check_output_dir(out: Path, overwrite: bool, markers: Sequence[str], kind: s
             f"output {out} is not empty and is not a {kind} (it has no {' or '.join(markers)}); --force replaces "
             "only what this step writes, so give another --out"
         )
+
+
+@contextmanager
+def output_lock(out: Path, step: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` for a resumable step, so that a second run of it (a
+    retried pipeline task while the first still runs, a command typed twice) fails at once
+    instead of both writing the same checkpoints.  The lock is ``.<name>.lock`` beside ``out``,
+    released when the process ends however it ends, and removed after a run."""
+    import fcntl
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}.lock"
+    f = open(lock, "a+")  # noqa: SIM115 - held for the whole step
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatasetError(
+                f"another {step} run is writing {out} right now (it holds {lock}); wait for it to finish or stop it"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+    finally:
+        f.close()
 
 
 def replace_dir(new: Path, target: Path) -> None:

@@ -679,7 +679,15 @@ def _npy_bytes(a: np.ndarray) -> bytes:
 
 
 def synthesize(cfg: SynthesisConfig) -> SynthesisResult:
-    """Generate the dataset a spec describes; resumable, byte-identical to an uninterrupted run."""
+    """Generate the dataset a spec describes; resumable, byte-identical to an uninterrupted run.
+    One run at a time per output (a second fails at once, naming the lock)."""
+    from medti.data.dataset import output_lock
+
+    with output_lock(Path(cfg.out), "synth dataset"):
+        return _synthesize(cfg)
+
+
+def _synthesize(cfg: SynthesisConfig) -> SynthesisResult:
     from tqdm.auto import tqdm
 
     from medti.data.dataset import DatasetInfo, DatasetWriter, atomic_write_bytes, atomic_write_text

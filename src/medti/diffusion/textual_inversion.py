@@ -476,7 +476,15 @@ def check_losses(pending, first_step: int | None = None) -> list[float]:
 
 # ----------------------------------------------------------------------------- the step
 def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
-    """Train one concept embedding; write ``cfg.out_path()`` (+ checkpoints and a sample grid)."""
+    """Train one concept embedding; write ``cfg.out_path()`` (+ checkpoints and a sample grid).
+    One run at a time per output file (a second fails at once, naming the lock)."""
+    from medti.data.dataset import output_lock
+
+    with output_lock(cfg.out_path(), "embed train"):
+        return _train_embedding(cfg)
+
+
+def _train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
     import torch
     from accelerate import Accelerator
     from tqdm.auto import tqdm
