@@ -279,6 +279,15 @@ def test_cli_interpolate_writes_one_strip_per_seed(env, tmp_path):
     assert top.min() < 100 and (top > 200).mean() > 0.8
     col_w = (strip.shape[1] - 8) // 3
     assert all((top[:, 8 + k * col_w : 8 + (k + 1) * col_w] < 100).any() for k in range(3))
+    # a re-run into the same dir needs --force, and then leaves only its own strips (not seed 4's)
+    rerun = ["synth", "interpolate", *_common(env), "--embeddings", str(env["embs"]["healthy"]), "--embeddings",
+             str(env["embs"]["csPCa"]), "--from", "healthy", "--to", "csPCa", "--weights", "0,1", "--seed", "3", "--out", str(out)]
+    r = CliRunner().invoke(app, rerun)
+    assert r.exit_code == 1 and "already exists and is not empty (use --force" in r.output
+    r = CliRunner().invoke(app, [*rerun, "--force"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["interpolation.json", "strip-seed3.png", "strips.png"]
+    assert json.loads((out / "interpolation.json").read_text())["weights"] == [0.0, 1.0]
     bad = CliRunner().invoke(app, ["synth", "interpolate", *_common(env), "--from", "a", "--to", "b", "--weights", "0,x", "--out", str(out)])
     assert bad.exit_code != 0 and "'x' is not a number" in bad.output
     bad = CliRunner().invoke(app, ["synth", "interpolate", *_common(env), "--from", "a", "--to", "b", "--guidance-interval", "1,0.3", "--out", str(out)])

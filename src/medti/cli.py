@@ -425,6 +425,7 @@ def synth_interpolate_cmd(
     batch: int = typer.Option(8, "--batch"),
     device: str = typer.Option(None, "--device"),
     out: Path = typer.Option(..., "--out", help="Output dir: strip-seed<S>.png, strips.png, interpolation.json."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing interpolation dir at --out."),
 ):
     """Interpolate between two concepts with fixed noise per seed: one strip PNG per seed."""
     from medti.diffusion.synthesis import InterpolateConfig, interpolate_concepts
@@ -433,7 +434,7 @@ def synth_interpolate_cmd(
         base=base, embeddings=_synth_embeddings(embeddings, ctx), from_prompt=from_, to_prompt=to,
         weights=_weights(weights), seed=seed, n_seeds=n_seeds, negative=negative,
         sampler=_sampler(scheduler, steps, guidance, guidance_rescale, guidance_interval, guidance_threshold, batch=batch),
-        device=device, out=out,
+        device=device, out=out, overwrite=force,
     )
     typer.echo(_run(interpolate_concepts, cfg).summary())
 

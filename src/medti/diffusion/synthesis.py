@@ -268,6 +268,7 @@ class InterpolateConfig:
     device: str | None = None
     precision: str = "auto"
     progress: bool = True
+    overwrite: bool = False  # replace an existing interpolation dir at --out
 
 
 @dataclass
@@ -292,7 +293,7 @@ class InterpolateResult:
 
 def interpolate_concepts(cfg: InterpolateConfig) -> InterpolateResult:
     """One strip per seed of ``from:(1-w) AND to:w`` over ``cfg.weights``, fixed noise per strip."""
-    from medti.data.dataset import atomic_write_text
+    from medti.data.dataset import atomic_write_text, replace_dir, temp_dir_for
     from medti.diffusion.sampling import save_grid
 
     t0 = time.time()
@@ -302,6 +303,7 @@ def interpolate_concepts(cfg: InterpolateConfig) -> InterpolateResult:
     if isinstance(cfg.n_seeds, bool) or not isinstance(cfg.n_seeds, int) or cfg.n_seeds < 1:
         raise SynthesisError(f"--n-seeds {cfg.n_seeds!r} must be an integer >= 1")
     _int("--seed", cfg.seed, 0)
+    out = _check_out(cfg.out, cfg.overwrite, INTERPOLATION_JSON, "medti interpolation dir")
     sampler, warns = load_sampler(
         cfg.base, cfg.embeddings, cfg.sampler, device=cfg.device, precision=cfg.precision, progress=cfg.progress
     )
@@ -317,8 +319,9 @@ def interpolate_concepts(cfg: InterpolateConfig) -> InterpolateResult:
         versions.update(sampler.embedding_versions(r))
     seeds = list(range(cfg.seed, cfg.seed + cfg.n_seeds))
     strips = sampler.interpolate(cfg.from_prompt, cfg.to_prompt, weights, seeds, negative=cfg.negative)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # built under a temp name and renamed into place: a re-run never leaves an earlier run's strips beside its own
+    out.parent.mkdir(parents=True, exist_ok=True)
+    final, out = out, temp_dir_for(out)
     scale = _scale_for(strips.shape[2])
     # columns labelled with the weight of --to, as in the reference work's healthy -> diseased figure
     labels = [f"{w:g}" for w in weights]
@@ -342,8 +345,16 @@ def interpolate_concepts(cfg: InterpolateConfig) -> InterpolateResult:
         "strips": [p.name for p in paths],
         **_settings(sampler, cfg.seed),
     }
-    atomic_write_text(out / "interpolation.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return InterpolateResult(out, paths, overview, weights, seeds, [p.format() for p in prompts], time.time() - t0, warns)
+    atomic_write_text(out / INTERPOLATION_JSON, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    try:
+        replace_dir(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    paths = [final / p.name for p in paths]
+    return InterpolateResult(
+        final, paths, final / overview.name, weights, seeds, [p.format() for p in prompts], time.time() - t0, warns
+    )
 
 
 # ----------------------------------------------------------------------------- inpaint
@@ -483,15 +494,19 @@ def _unknown(where: str, keys, allowed: set[str]) -> None:
             raise SynthesisError(f"{where}: unknown key {k!r}{hint}; allowed: {', '.join(sorted(allowed))}")
 
 
-def _check_out(out, overwrite: bool) -> Path:
-    """The output dataset dir, checked before any sampling (exists without --force? not a dataset dir?)."""
+def _check_out(out, overwrite: bool, marker: str | None = None, kind: str = "medti dataset dir") -> Path:
+    """The output dir, checked before any sampling (exists without --force? not what this step writes?);
+    by default a dataset dir."""
     from medti.data.dataset import INFO, MANIFEST, DatasetError, check_output_dir
 
     try:
-        check_output_dir(Path(out), overwrite, (INFO, MANIFEST), "medti dataset dir")
+        check_output_dir(Path(out), overwrite, (marker,) if marker else (INFO, MANIFEST), kind)
     except DatasetError as e:
         raise SynthesisError(str(e)) from None
     return Path(out)
+
+
+INTERPOLATION_JSON = "interpolation.json"
 
 
 def _int(where: str, v, lo: int) -> int:
