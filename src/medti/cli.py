@@ -504,7 +504,10 @@ def demo_cmd(
     """Run the main job on the embedded default (phantoms, validation, versions, ...)."""
     from medti.demo import DemoConfig, run_demo
 
-    res = _run(run_demo, DemoConfig(out=out))
+    res = _run(
+        run_demo, DemoConfig(out=out),
+        interrupted="interrupted; run the demo again to continue (textual inversion resumes from its last checkpoint)",
+    )
     typer.echo(res.summary())
 
 
