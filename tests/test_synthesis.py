@@ -345,6 +345,12 @@ def test_cli_inpaint_keeps_pixels_outside_the_mask(env, tmp_path):
     bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "img.png")])
     assert bad.exit_code == 1 and "already exists and is the --image itself" in bad.output
     assert (tmp_path / "img.png").read_bytes() == before
+    from PIL import Image
+
+    Image.fromarray(img[..., 0].astype(np.uint16) * 256).save(tmp_path / "img16.png")  # a 16-bit grey PNG
+    bad = CliRunner().invoke(app, [*[a if a != str(tmp_path / "img.png") else str(tmp_path / "img16.png") for a in args],
+                                   "--out", str(tmp_path / "o16.png")])
+    assert bad.exit_code == 1 and "16-bit or float" in bad.output and not (tmp_path / "o16.png").exists()
     bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o3.jpg")])
     assert bad.exit_code == 1 and "give a name ending in .png" in bad.output and not (tmp_path / "o3.jpg").exists()
     again = CliRunner().invoke(app, [*args, "--out", str(out), "--force"])

@@ -418,9 +418,20 @@ def inpaint_image(cfg: InpaintConfig) -> InpaintResult:
             f"--out {out_path} already exists{' and is the --image itself' if same else ''} (use --force to replace it)"
         )
     try:
+        from PIL import Image
+
+        with Image.open(cfg.image) as im:
+            mode = im.mode
         image = load_image(Path(cfg.image))
     except Exception as e:
         raise SynthesisError(f"--image {cfg.image}: not a readable image ({e})") from e
+    if mode not in ("L", "LA", "P", "RGB", "RGBA"):
+        # PIL would clip a 16-bit or float image to 8 bits (mostly white), and the pixels outside the mask
+        # could then not be kept: refuse rather than inpaint a different image
+        raise SynthesisError(
+            f"--image {cfg.image} is a {mode} image (16-bit or float); inpainting works on 8-bit images, as medti "
+            "datasets hold them: window it to 8 bits first, or bring the study in with `medti data import`"
+        )
     try:
         from PIL import Image
 
