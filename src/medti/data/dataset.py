@@ -134,12 +134,14 @@ def _umask() -> int:
 
 
 def temp_dir_for(target: Path) -> Path:
-    """A fresh temp dir beside ``target``, to be renamed onto it when complete.
+    """A fresh temp dir beside ``target`` (its parent is created when missing), to be renamed onto it
+    when complete.
 
     ``mkdtemp`` creates it 0700 (and ``mkstemp`` files 0600); once renamed into place that would
     leave outputs unreadable to colleagues and to pipeline steps running as another user, so it
     gets the permissions a plain ``mkdir`` would give (0777 minus the umask)."""
     target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
@@ -202,7 +204,6 @@ class DatasetWriter:
         check_output_dir(self.out, overwrite, (INFO, MANIFEST), "medti dataset dir")
 
     def __enter__(self) -> DatasetWriter:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = temp_dir_for(self.out)
         (self.tmp / IMAGES).mkdir()
         return self
@@ -427,11 +428,21 @@ class Dataset:
         return iter(self.cases())
 
 
+#: PIL modes that hold 8-bit samples; converting any other (16-bit "I;16", 32-bit "I", float "F") to
+#: RGB clips it to 8 bits, which turns most of a 16-bit medical image white
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
+
+
 def load_image(path: Path) -> np.ndarray:
-    """Read a PNG as an HxWx3 uint8 array."""
+    """Read a PNG as an HxWx3 uint8 array; a 16-bit or float image is refused, not clipped."""
     from PIL import Image
 
     with Image.open(path) as im:
+        if im.mode not in EIGHT_BIT_MODES:
+            raise DatasetError(
+                f"{path} is a {im.mode} image (16-bit or float); medti works on 8-bit images, as its datasets hold "
+                "them: window it to 8 bits first, or bring the study in with `medti data import`"
+            )
         return np.asarray(im.convert("RGB"))
 
 

@@ -196,7 +196,6 @@ def validate_dataset(cfg: ValidateConfig) -> ValidationResult:
         counts = _class_counts_table(info, records)
         docs_tmp = None
         if cfg.data_docs:
-            report.mkdir(parents=True, exist_ok=True)
             docs_tmp = temp_dir_for(report / DATA_DOCS)
         try:
             gx_failures, gx_rules = _run_gx(cases, counts, info, cfg.min_per_class, records, docs_tmp)

@@ -335,7 +335,6 @@ def save_pipeline_dir(components: dict[str, Any], out: Path, meta: dict[str, Any
     from medti.data.dataset import replace_dir, temp_dir_for
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_for(out)
     try:
         pipe = sd_pipeline(components)

@@ -66,7 +66,7 @@ def _device_dtype(device: str | None, precision: str):
         raise SynthesisError(f"--device {dev}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0 up")
     if precision not in ("auto", "no", "bf16", "fp16"):
         raise SynthesisError(f"precision {precision!r} must be auto, no, bf16 or fp16")
-    if dev == "cpu" or precision == "no":
+    if d.type == "cpu" or precision == "no":
         return dev, torch.float32
     if precision == "auto":
         return dev, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -320,7 +320,6 @@ def interpolate_concepts(cfg: InterpolateConfig) -> InterpolateResult:
     seeds = list(range(cfg.seed, cfg.seed + cfg.n_seeds))
     strips = sampler.interpolate(cfg.from_prompt, cfg.to_prompt, weights, seeds, negative=cfg.negative)
     # built under a temp name and renamed into place: a re-run never leaves an earlier run's strips beside its own
-    out.parent.mkdir(parents=True, exist_ok=True)
     final, out = out, temp_dir_for(out)
     scale = _scale_for(strips.shape[2])
     # columns labelled with the weight of --to, as in the reference work's healthy -> diseased figure
@@ -399,7 +398,7 @@ class InpaintResult:
 
 def inpaint_image(cfg: InpaintConfig) -> InpaintResult:
     """Regenerate the masked region of one image (white = regenerate) conditioned on a prompt."""
-    from medti.data.dataset import atomic_write_bytes, encode_png, load_image
+    from medti.data.dataset import DatasetError, atomic_write_bytes, encode_png, load_image
 
     t0 = time.time()
     for what, p in (("--image", cfg.image), ("--mask", cfg.mask)):
@@ -418,20 +417,12 @@ def inpaint_image(cfg: InpaintConfig) -> InpaintResult:
             f"--out {out_path} already exists{' and is the --image itself' if same else ''} (use --force to replace it)"
         )
     try:
-        from PIL import Image
-
-        with Image.open(cfg.image) as im:
-            mode = im.mode
+        # a 16-bit or float image is refused (clipped, the pixels outside the mask could not be kept)
         image = load_image(Path(cfg.image))
+    except DatasetError as e:
+        raise SynthesisError(f"--image {e}") from e
     except Exception as e:
         raise SynthesisError(f"--image {cfg.image}: not a readable image ({e})") from e
-    if mode not in ("L", "LA", "P", "RGB", "RGBA"):
-        # PIL would clip a 16-bit or float image to 8 bits (mostly white), and the pixels outside the mask
-        # could then not be kept: refuse rather than inpaint a different image
-        raise SynthesisError(
-            f"--image {cfg.image} is a {mode} image (16-bit or float); inpainting works on 8-bit images, as medti "
-            "datasets hold them: window it to 8 bits first, or bring the study in with `medti data import`"
-        )
     try:
         from PIL import Image
 
