@@ -202,19 +202,16 @@ def embedded_dir(name: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- tokenizer
-def train_tokenizer(texts: Iterable[str], vocab_size: int):
-    """Train a CLIP-style byte-level BPE on ``texts`` and wrap it as a transformers CLIPTokenizer.
+TOKENIZER_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 
-    The normaliser and pre-tokeniser are CLIP's own (lower-case, CLIP split regex, byte level,
-    ``</w>`` end-of-word suffix), so the result behaves like the SD tokenizer, with medti's vocab.
-    """
+
+def clip_text_splitter():
+    """A tokenizers ``Tokenizer`` with CLIP's normaliser and pre-tokeniser (lower-case, CLIP split regex, byte
+    level); its ``</w>`` BPE model is empty until trained."""
     from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
     from tokenizers.models import BPE
-    from tokenizers.trainers import BpeTrainer
-    from transformers import CLIPTokenizer
 
-    specials = ["<|startoftext|>", "<|endoftext|>"]
-    tok = Tokenizer(BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    tok = Tokenizer(BPE(unk_token=TOKENIZER_SPECIALS[1], end_of_word_suffix="</w>", continuing_subword_prefix=""))
     tok.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
     )
@@ -228,19 +225,33 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ]
     )
-    trainer = BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    tok.train_from_iterator(sorted(set(texts)), trainer=trainer)
-    model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    vocab = dict(model["vocab"])
+    return tok
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """Train a CLIP-style byte-level BPE on ``texts`` and wrap it as a transformers CLIPTokenizer.
+
+    The normaliser and pre-tokeniser are CLIP's own (lower-case, CLIP split regex, byte level,
+    ``</w>`` end-of-word suffix), so the result behaves like the SD tokenizer, with medti's vocab.
+    Deterministic: the same texts give the same vocab, ids and merges in every process
+    (:mod:`medti.diffusion.bpe` says why the tokenizers library's trainer is not used).
+    """
+    from collections import Counter
+
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    from medti.diffusion.bpe import train_bpe
+
+    splitter = clip_text_splitter()
+    words: Counter = Counter()
+    for text in sorted(set(texts)):  # each distinct text counts once
+        normal = splitter.normalizer.normalize_str(text)
+        words.update(w for w, _ in splitter.pre_tokenizer.pre_tokenize_str(normal))
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # a set: its order changes per process
+    vocab, merges = train_bpe(words, vocab_size, TOKENIZER_SPECIALS, alphabet, end_of_word_suffix="</w>")
     # CLIP expects the end-of-word form of each single byte in the vocab as well.
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):  # alphabet() is a set: its order changes per process
+    for ch in alphabet:
         if ch + "</w>" not in vocab:
             vocab[ch + "</w>"] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
@@ -250,7 +261,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 def _seed_token_embeddings(text_encoder, tokenizer, seed: int) -> None:
     """Give every token an initial vector that is a function of (seed, token string), not of its id.
 
-    The tokenizers BPE trainer numbers tokens in hash-map order, which changes from process to process. With
+    The tokenizers BPE trainer (medti's until it got its own deterministic one, :mod:`medti.diffusion.bpe`)
+    numbers tokens in hash-map order, which changes from process to process; other tokenizers number the same
+    tokens differently too. With
     id-indexed random rows the same captions got different vectors on every build, so the UNet trained on
     different conditioning and a rebuilt tiny base differed from the measured one (UNet weights 25 % apart,
     textual-inversion AUC 0.97 vs 0.66). Same std as CLIP's own init.
