@@ -178,3 +178,44 @@ def test_text_encoder_init_depends_on_token_strings_not_on_the_trainers_id_order
         with torch.no_grad():
             outs.append(te(t(caption, return_tensors="pt").input_ids)[0])
     assert torch.equal(outs[0], outs[1])
+
+
+_BUILD_MICRO = """
+from medti.diffusion.base import load_base
+print(load_base("micro", progress=False).model_hash)
+"""
+
+
+def test_embedded_base_rebuilt_in_another_cache_has_the_same_hash(tmp_path):
+    """Embeddings and synthetic datasets record their base's hash; a colleague's rebuild of the embedded base
+    (another machine, another process) must give the same one, or every shared embedding warns that it
+    'may not transfer'."""
+    import os
+    import subprocess
+    import sys
+
+    hashes = []
+    for k in range(2):
+        env = {**os.environ, "MEDTI_CACHE": str(tmp_path / f"cache{k}"), "PYTHONHASHSEED": str(k)}
+        res = subprocess.run([sys.executable, "-c", _BUILD_MICRO], env=env, capture_output=True, text=True, check=True)
+        hashes.append(res.stdout.strip().splitlines()[-1])
+    assert hashes[0] == hashes[1] and len(hashes[0]) == 16
+
+
+def test_hash_covers_the_weights_not_the_build_log(tmp_path):
+    from medti.diffusion.base import BUILD_LOG, save_pipeline_dir, weights_hash
+
+    base = load_base(str(build_micro(tmp_path / "m0")))
+    a = save_pipeline_dir(base.components(), tmp_path / "a", meta={"seconds": 600.1, "data": ["/tmp/corpus-x"]})
+    b = save_pipeline_dir(base.components(), tmp_path / "b", meta={"seconds": 612.9, "data": ["/tmp/corpus-y"]})
+    assert weights_hash(a) == weights_hash(b)
+    with torch.no_grad():
+        base.unet.conv_out.bias.add_(1e-3)
+    c = save_pipeline_dir(base.components(), tmp_path / "c", meta={"seconds": 600.1, "data": ["/tmp/corpus-x"]})
+    assert weights_hash(c) != weights_hash(a)
+    # a hash recorded before the build log was left out still names the same dir
+    old = weights_hash(a, build_log=True)
+    assert old != weights_hash(a) and (a / BUILD_LOG).is_file()
+    loaded = load_base(str(a))
+    assert loaded.has_hash(old) and loaded.has_hash(loaded.model_hash) and not loaded.has_hash(weights_hash(c))
+

@@ -366,3 +366,17 @@ def test_cli_dataset_and_bad_spec(env, tmp_path):
     bad = _spec(env, env["root"] / "cli-bad.yaml", classes=[{"prompt": "csPCa", "cnt": 1}])
     r = CliRunner().invoke(app, ["synth", "dataset", "--spec", str(bad), "--out", str(tmp_path / "ds2")])
     assert r.exit_code == 1 and "unknown key 'cnt'" in r.output
+
+
+def test_warns_only_for_embeddings_trained_on_another_base(env, tmp_path):
+    from medti.diffusion.base import load_base, weights_hash
+    from medti.diffusion.synthesis import load_sampler
+
+    here = load_base(str(env["base"])).model_hash
+    legacy = weights_hash(env["base"], build_log=True)  # what embeddings trained before 2026-11-30 recorded
+    files = []
+    for name, h in (("same", here), ("legacy", legacy), ("other", "0123456789abcdef"), ("unrecorded", "")):
+        emb = Embedding(f"<{name}>", torch.zeros(2, 32), {"concept": name, "base_model": "micro", "base_model_hash": h})
+        files.append(save_embedding(emb, tmp_path / f"{name}.safetensors"))
+    _, warns = load_sampler(str(env["base"]), files)
+    assert len(warns) == 1 and warns[0].startswith(str(files[2])) and "0123456789abcdef" in warns[0]

@@ -166,6 +166,13 @@ class Base:
     def embed_dim(self) -> int:
         return int(self.text_encoder.get_input_embeddings().weight.shape[1])
 
+    def has_hash(self, h: str) -> bool:
+        """Whether ``h``, a hash recorded with an embedding or a dataset, names these weights: the content hash, or
+        the hash recorded for the same dir before 2026-11-30, which also covered its build log."""
+        if h == self.model_hash:
+            return True
+        return bool(self.path and (self.path / BUILD_LOG).is_file() and h == weights_hash(self.path, build_log=True))
+
     def components(self) -> dict[str, Any]:
         """The five pipeline components, keyed as StableDiffusionPipeline names them."""
         return dict(
@@ -353,7 +360,7 @@ def save_pipeline_dir(components: dict[str, Any], out: Path, meta: dict[str, Any
         pipe = sd_pipeline(components)
         pipe.save_pretrained(tmp, safe_serialization=True)
         if meta is not None:
-            (tmp / "medti.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            (tmp / BUILD_LOG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -379,11 +386,18 @@ def build_micro(out: Path, prediction_type: str = "v_prediction", seed: int = 0)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
-def weights_hash(path: Path) -> str:
-    """sha256 over the weight files of a pipeline dir or single file (first 16 hex digits)."""
+BUILD_LOG = "medti.json"  # how a medti-built base was made (durations, losses, paths): not part of the model
+
+
+def weights_hash(path: Path, *, build_log: bool = False) -> str:
+    """sha256 over the model files of a pipeline dir (weights, configs, tokenizer) or a single file; first 16 hex
+    digits. Two builds of the same model get the same hash: medti's build log is left out, unless ``build_log``
+    (medti hashed it too until 2026-11-30, so a base's hash changed with every build)."""
     path = Path(path)
     files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".ckpt", ".json", ".txt")
+        p for p in path.rglob("*")
+        if p.is_file() and p.suffix in (".safetensors", ".bin", ".ckpt", ".json", ".txt")
+        and (build_log or p.relative_to(path) != Path(BUILD_LOG))
     )
     h = hashlib.sha256()
     for p in files:

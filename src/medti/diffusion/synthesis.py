@@ -116,7 +116,7 @@ def load_sampler(
     warns = []
     for p, e in zip(embeddings, embs, strict=True):
         h = e.metadata.get("base_model_hash", "")
-        if h and h != b.model_hash:
+        if h and not b.has_hash(h):
             warns.append(
                 f"{p}: trained on base {e.metadata.get('base_model', '?')} ({h}), sampling with "
                 f"{b.model_id} ({b.model_hash}); the concept may not transfer"
