@@ -219,3 +219,17 @@ def test_hash_covers_the_weights_not_the_build_log(tmp_path):
     loaded = load_base(str(a))
     assert loaded.has_hash(old) and loaded.has_hash(loaded.model_hash) and not loaded.has_hash(weights_hash(c))
 
+
+def test_saved_pipeline_dir_gets_the_umask_permissions(tmp_path):
+    """safetensors writes weights through 0600 temp files; a base dir (`base train`, the embedded cache) must
+    be readable by whoever may read its configs: colleagues, pipeline steps running as another user."""
+    import os
+
+    old = os.umask(0o027)
+    try:
+        out = build_micro(tmp_path / "base")
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+    assert "unet/diffusion_pytorch_model.safetensors" in modes
+    assert modes == {k: 0o750 if (out / k).is_dir() else 0o640 for k in modes}

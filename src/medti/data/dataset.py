@@ -147,6 +147,20 @@ def temp_dir_for(target: Path) -> Path:
     return tmp
 
 
+def default_permissions(tree: Path) -> None:
+    """Give every file and dir under ``tree`` the permissions a plain ``open`` / ``mkdir`` would give (0666 /
+    0777 minus the umask). For what libraries write into a temp dir privately: safetensors >= 0.8 writes each
+    weight file through a 0600 temp file (safetensors#782), so a saved pipeline's weights were readable by
+    their owner only."""
+    mask = _umask()
+    for root, _dirs, files in os.walk(tree):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            p = os.path.join(root, name)
+            if not os.path.islink(p):
+                os.chmod(p, 0o666 & ~mask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same dir and an atomic rename; the file
     gets the permissions a plain ``open(path, "wb")`` would give (0666 minus the umask), not

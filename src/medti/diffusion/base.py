@@ -352,7 +352,7 @@ def save_pipeline_dir(components: dict[str, Any], out: Path, meta: dict[str, Any
     atomically: built under a temp name, then renamed into place."""
     import shutil
 
-    from medti.data.dataset import replace_dir, temp_dir_for
+    from medti.data.dataset import default_permissions, replace_dir, temp_dir_for
 
     out = Path(out)
     tmp = temp_dir_for(out)
@@ -361,6 +361,7 @@ def save_pipeline_dir(components: dict[str, Any], out: Path, meta: dict[str, Any
         pipe.save_pretrained(tmp, safe_serialization=True)
         if meta is not None:
             (tmp / BUILD_LOG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        default_permissions(tmp)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
