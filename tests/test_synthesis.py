@@ -380,3 +380,16 @@ def test_warns_only_for_embeddings_trained_on_another_base(env, tmp_path):
         files.append(save_embedding(emb, tmp_path / f"{name}.safetensors"))
     _, warns = load_sampler(str(env["base"]), files)
     assert len(warns) == 1 and warns[0].startswith(str(files[2])) and "0123456789abcdef" in warns[0]
+    assert "embedded" not in warns[0]  # a user's own base dir: nothing to say about builds
+
+
+def test_warning_for_another_build_of_the_embedded_base_says_what_differs(env, tmp_path, monkeypatch):
+    from medti.diffusion.base import load_base
+    from medti.diffusion.synthesis import load_sampler
+
+    monkeypatch.setenv("MEDTI_CACHE", str(env["root"] / "cache"))
+    model_id = load_base("micro").model_id
+    emb = Embedding("<c>", torch.zeros(2, 32), {"concept": "c", "base_model": model_id, "base_model_hash": "0" * 16})
+    f = save_embedding(emb, tmp_path / "c.safetensors")
+    _, warns = load_sampler("micro", [f])
+    assert len(warns) == 1 and "builds of the embedded micro base" in warns[0] and "token" in warns[0]

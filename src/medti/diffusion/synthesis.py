@@ -102,7 +102,7 @@ def load_sampler(
 ):
     """Load a base and embedding files and return ``(GuidedSampler, warnings)``."""
     from medti._quiet import quiet_libraries
-    from medti.diffusion.base import load_base
+    from medti.diffusion.base import EMBEDDED, load_base
     from medti.diffusion.embeddings import load_embedding
     from medti.diffusion.guided import GuidedSampler
 
@@ -117,10 +117,18 @@ def load_sampler(
     for p, e in zip(embeddings, embs, strict=True):
         h = e.metadata.get("base_model_hash", "")
         if h and not b.has_hash(h):
-            warns.append(
-                f"{p}: trained on base {e.metadata.get('base_model', '?')} ({h}), sampling with "
-                f"{b.model_id} ({b.model_hash}); the concept may not transfer"
+            trained_on = e.metadata.get("base_model", "?")
+            msg = (
+                f"{p}: trained on base {trained_on} ({h}), sampling with {b.model_id} ({b.model_hash}); "
+                "the concept may not transfer"
             )
+            if trained_on == b.model_id and b.ref in EMBEDDED:
+                msg += (
+                    f" (both are builds of the embedded {b.ref} base: a build made before 2026-11-30 has its tokens "
+                    "in another order, which changes no image; a build on another kind of device may differ "
+                    "slightly; see 'The embedded tiny base' in the README)"
+                )
+            warns.append(msg)
     sampler = GuidedSampler(b, embs, **settings.sampler_kwargs(), progress=progress)
     return sampler, warns
 
