@@ -330,6 +330,15 @@ def test_cli_inpaint_keeps_pixels_outside_the_mask(env, tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert np.array_equal(load_image(late)[~m], img[~m]) and not np.array_equal(load_image(late)[m], new[m])
+    rescaled = tmp_path / "rescaled.png"  # guidance rescale reaches inpainting too
+    r = CliRunner().invoke(
+        app,
+        ["synth", "inpaint", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), "--image", str(tmp_path / "img.png"),
+         "--mask", str(tmp_path / "mask.png"), "--prompt", "csPCa", "--strength", "0.9", "--steps", "4",
+         "--guidance-rescale", "0.7", "--out", str(rescaled)],
+    )
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(load_image(rescaled)[~m], img[~m]) and not np.array_equal(load_image(rescaled)[m], new[m])
     empty = tmp_path / "empty.png"
     empty.write_bytes(encode_png(np.zeros((32, 32), np.uint8)))
     bad = CliRunner().invoke(
