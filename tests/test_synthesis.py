@@ -303,42 +303,25 @@ def test_cli_inpaint_keeps_pixels_outside_the_mask(env, tmp_path):
     mask[10:20, 12:22] = 255
     (tmp_path / "img.png").write_bytes(encode_png(img))
     (tmp_path / "mask.png").write_bytes(encode_png(mask))
+    base_args = ["synth", "inpaint", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), "--image",
+                 str(tmp_path / "img.png"), "--mask", str(tmp_path / "mask.png"), "--prompt", "csPCa",
+                 "--strength", "0.9", "--steps", "4"]
+
+    def inpaint(name, *extra):
+        r = CliRunner().invoke(app, [*base_args, *extra, "--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+        return load_image(tmp_path / name)
+
     out = tmp_path / "out.png"
-    r = CliRunner().invoke(
-        app,
-        ["synth", "inpaint", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), "--image", str(tmp_path / "img.png"),
-         "--mask", str(tmp_path / "mask.png"), "--prompt", "csPCa", "--strength", "0.9", "--steps", "4", "--out", str(out)],
-    )
-    assert r.exit_code == 0, r.output
-    new = load_image(out)
+    new = inpaint("out.png")
     m = mask > 0
     assert np.array_equal(new[~m], img[~m]) and not np.array_equal(new[m], img[m])
-    plain = tmp_path / "plain.png"  # --resample 1: masked denoising without RePaint's passes, another image
-    r = CliRunner().invoke(
-        app,
-        ["synth", "inpaint", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), "--image", str(tmp_path / "img.png"),
-         "--mask", str(tmp_path / "mask.png"), "--prompt", "csPCa", "--strength", "0.9", "--steps", "4", "--resample", "1", "--out", str(plain)],
-    )
-    assert r.exit_code == 0, r.output
-    assert np.array_equal(load_image(plain)[~m], img[~m]) and not np.array_equal(load_image(plain)[m], new[m])
-    late = tmp_path / "late.png"  # the first denoising steps unguided: the same pixels outside, another region inside
-    r = CliRunner().invoke(
-        app,
-        ["synth", "inpaint", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), "--image", str(tmp_path / "img.png"),
-         "--mask", str(tmp_path / "mask.png"), "--prompt", "csPCa", "--strength", "0.9", "--steps", "4",
-         "--guidance-interval", "0.5,1", "--out", str(late)],
-    )
-    assert r.exit_code == 0, r.output
-    assert np.array_equal(load_image(late)[~m], img[~m]) and not np.array_equal(load_image(late)[m], new[m])
-    rescaled = tmp_path / "rescaled.png"  # guidance rescale reaches inpainting too
-    r = CliRunner().invoke(
-        app,
-        ["synth", "inpaint", *_common(env), "--embeddings", str(env["embs"]["csPCa"]), "--image", str(tmp_path / "img.png"),
-         "--mask", str(tmp_path / "mask.png"), "--prompt", "csPCa", "--strength", "0.9", "--steps", "4",
-         "--guidance-rescale", "0.7", "--out", str(rescaled)],
-    )
-    assert r.exit_code == 0, r.output
-    assert np.array_equal(load_image(rescaled)[~m], img[~m]) and not np.array_equal(load_image(rescaled)[m], new[m])
+    # each option gives the same pixels outside and another region inside: --resample 1 (masked denoising
+    # without RePaint's passes), the first denoising steps unguided, guidance rescale
+    for name, extra in (("plain.png", ["--resample", "1"]), ("late.png", ["--guidance-interval", "0.5,1"]),
+                        ("rescaled.png", ["--guidance-rescale", "0.7"])):
+        other = inpaint(name, *extra)
+        assert np.array_equal(other[~m], img[~m]) and not np.array_equal(other[m], new[m]), name
     empty = tmp_path / "empty.png"
     empty.write_bytes(encode_png(np.zeros((32, 32), np.uint8)))
     bad = CliRunner().invoke(
