@@ -482,7 +482,7 @@ def _bad_csv(tree: Path, tmp: Path, rows=None, text: bytes | None = None) -> Pat
 
 @pytest.mark.parametrize(
     "case",
-    ["non_utf8", "missing_column", "value_2", "value_yes", "bad_view", "missing_image",
+    ["non_utf8", "missing_column", "semicolons", "value_2", "value_yes", "bad_view", "missing_image",
      "corrupt_image", "escape", "no_patient"],
 )
 def test_chexpert_bad_input_names_row_and_writes_nothing(cxr_tree, tmp_path, case):
@@ -499,6 +499,11 @@ def test_chexpert_bad_input_names_row_and_writes_nothing(cxr_tree, tmp_path, cas
         text = (cxr_tree / DS / "train.csv").read_text().replace("Pneumonia", "Pneumonitis")
         csv_path = _bad_csv(root, tmp_path, text=text.encode())
         expect = ["bad.csv", "'Pneumonia'"]
+        assert "separated" not in _error(root, csv_path, tmp_path)  # no hint for a plain missing column
+    elif case == "semicolons":  # re-saved by a spreadsheet in a locale that writes ';'
+        text = (cxr_tree / DS / "train.csv").read_text().replace(",", ";")
+        csv_path = _bad_csv(root, tmp_path, text=text.encode())
+        expect = ["bad.csv", "missing column", "split by ';'", "comma-separated"]
     elif case in ("value_2", "value_yes"):
         v = "2" if case == "value_2" else "yes"
         rows[2][2] = {**rows[2][2], "Cardiomegaly": v}
@@ -527,13 +532,18 @@ def test_chexpert_bad_input_names_row_and_writes_nothing(cxr_tree, tmp_path, cas
     if csv_path is None:
         csv_path = _bad_csv(root, tmp_path, rows)
     out = tmp_path / "out" / "ds"
-    cfg = ChexpertImportConfig(csv=csv_path, root=root, out=out, size=SIZE, salt=SALT)
-    with pytest.raises(DatasetError) as ei:
-        import_chexpert(cfg)
+    message = _error(root, csv_path, tmp_path)
     for s in expect:
-        assert s in str(ei.value), (s, str(ei.value))
+        assert s in message, (s, message)
     assert not out.exists()
     assert not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+def _error(root, csv_path, tmp_path) -> str:
+    cfg = ChexpertImportConfig(csv=csv_path, root=root, out=tmp_path / "out" / "ds", size=SIZE, salt=SALT)
+    with pytest.raises(DatasetError) as ei:
+        import_chexpert(cfg)
+    return str(ei.value)
 
 
 def test_chexpert_rejects_unknown_policy(cxr_tree, tmp_path):

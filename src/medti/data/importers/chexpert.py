@@ -118,8 +118,14 @@ def _read_csv(path: Path) -> tuple[csv.DictReader, str]:
         raise DatasetError(f"{path.name}: empty CSV (no header line)")
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
+        sep = next((s for s in (";", "\t") if len(header) == 1 and s in header[0]), None)
+        hint = (
+            f"; its header is one column split by {sep!r}, as a spreadsheet saves it in some locales: "
+            "CheXpert CSVs are comma-separated, so use the release's own file"
+            if sep else ""
+        )
         raise DatasetError(
-            f"{path.name}: missing column(s) {missing} (a CheXpert CSV needs {list(REQUIRED_COLUMNS)})"
+            f"{path.name}: missing column(s) {missing} (a CheXpert CSV needs {list(REQUIRED_COLUMNS)}){hint}"
         )
     return reader, path.name
 
