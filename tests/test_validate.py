@@ -340,3 +340,16 @@ def test_cli_validate_exit_codes(dataset, monkeypatch):
     assert "Calculating Metrics" not in r.output  # GX progress bars are off
     r = runner.invoke(app, ["data", "validate", str(dataset.parent / "nope")])
     assert r.exit_code != 0 and "does not exist" in r.output
+
+
+def test_validating_a_dir_that_holds_datasets_names_them_and_writes_nothing(dataset, tmp_path):
+    # e.g. `medti data validate data` meant for data/prostate: say which dirs to validate, leave data/ as it was
+    import shutil
+
+    parent = tmp_path / "data"
+    shutil.copytree(dataset, parent / "prostate")
+    (parent / "notes").mkdir()
+    r = CliRunner().invoke(app, ["data", "validate", str(parent)])
+    assert r.exit_code == 1
+    assert "not a dataset dir" in r.output and str(parent / "prostate") in r.output and "notes" not in r.output
+    assert sorted(p.name for p in parent.iterdir()) == ["notes", "prostate"]

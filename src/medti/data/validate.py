@@ -182,6 +182,12 @@ def validate_dataset(cfg: ValidateConfig) -> ValidationResult:
         raise DatasetError(f"dataset dir {root} does not exist or is not a directory")
     if cfg.min_per_class < 0:
         raise DatasetError(f"min_per_class must be >= 0, got {cfg.min_per_class}")
+    if not (root / INFO).exists() and not (root / MANIFEST).exists():
+        # not a dataset with problems but no dataset at all (e.g. the data/ that holds the datasets): say
+        # so and name the datasets inside, rather than leave a failed report there
+        inside = sorted(p.name for p in root.iterdir() if p.is_dir() and ((p / INFO).exists() or (p / MANIFEST).exists()))
+        hint = f"; dataset dirs inside it: {', '.join(str(root / n) for n in inside)}" if inside else ""
+        raise DatasetError(f"{root} is not a dataset dir (it has neither {INFO} nor {MANIFEST}){hint}")
     report = Path(cfg.report) if cfg.report is not None else root / REPORT_DIR
 
     failures, info, rows, columns = _read_structure(root)
