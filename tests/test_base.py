@@ -214,10 +214,46 @@ def test_hash_covers_the_weights_not_the_build_log(tmp_path):
     c = save_pipeline_dir(base.components(), tmp_path / "c", meta={"seconds": 600.1, "data": ["/tmp/corpus-x"]})
     assert weights_hash(c) != weights_hash(a)
     # a hash recorded before the build log was left out still names the same dir
-    old = weights_hash(a, build_log=True)
+    old = weights_hash(a, legacy=True)
     assert old != weights_hash(a) and (a / BUILD_LOG).is_file()
     loaded = load_base(str(a))
     assert loaded.has_hash(old) and loaded.has_hash(loaded.model_hash) and not loaded.has_hash(weights_hash(c))
+
+
+def test_hash_reads_only_what_loading_reads(tmp_path, monkeypatch):
+    """A hub download of an SD repo holds, beside the pipeline's own weights, single-file checkpoints, fp16
+    variants, .bin twins and a safety checker: 20-40 GB that medti never loads. The hash must not read them (it ran
+    on every command) nor depend on them."""
+    import shutil
+
+    import medti.diffusion.base as base_mod
+    from medti.diffusion.base import model_files, weights_hash
+
+    clean = build_micro(tmp_path / "clean")
+    hub = tmp_path / "hub"
+    shutil.copytree(clean, hub)
+    (hub / "v1-5-pruned-emaonly.ckpt").write_bytes(b"c" * 1000)
+    for comp, stem in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        (hub / comp / f"{stem}.fp16.safetensors").write_bytes(b"h" * 100)
+        (hub / comp / f"{stem}.fp16-00001-of-00002.safetensors").write_bytes(b"s" * 100)
+        (hub / comp / ("pytorch_model.bin" if comp == "text_encoder" else f"{stem}.bin")).write_bytes(b"b" * 100)
+    (hub / "safety_checker").mkdir()
+    (hub / "safety_checker" / "model.safetensors").write_bytes(b"x" * 100)
+    (hub / "feature_extractor").mkdir()
+    (hub / "feature_extractor" / "preprocessor_config.json").write_text("{}")
+    assert weights_hash(hub) == weights_hash(clean)
+    names = {p.relative_to(hub).as_posix() for p in model_files(hub)}
+    assert "unet/diffusion_pytorch_model.safetensors" in names and "tokenizer/tokenizer.json" in names
+    assert not any("fp16" in n or n.endswith((".bin", ".ckpt")) or n.startswith(("safety", "feature")) for n in names)
+    # the pipeline's own weights still count
+    (hub / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"changed")
+    assert weights_hash(hub) != weights_hash(clean)
+    # a pre-2026-11-30 hash over such a dir is not recomputed: it would read every unused checkpoint
+    old = weights_hash(clean, legacy=True)
+    b = load_base(str(clean))
+    assert b.has_hash(old)
+    monkeypatch.setattr(base_mod, "_LEGACY_EXTRA_LIMIT", 10)
+    assert not b.has_hash(old)
 
 
 def test_saved_pipeline_dir_gets_the_umask_permissions(tmp_path):

@@ -365,7 +365,7 @@ def test_warns_only_for_embeddings_trained_on_another_base(env, tmp_path):
     from medti.diffusion.synthesis import load_sampler
 
     here = load_base(str(env["base"])).model_hash
-    legacy = weights_hash(env["base"], build_log=True)  # what embeddings trained before 2026-11-30 recorded
+    legacy = weights_hash(env["base"], legacy=True)  # what embeddings trained before 2026-11-30 recorded
     files = []
     for name, h in (("same", here), ("legacy", legacy), ("other", "0123456789abcdef"), ("unrecorded", "")):
         emb = Embedding(f"<{name}>", torch.zeros(2, 32), {"concept": name, "base_model": "micro", "base_model_hash": h})

@@ -168,10 +168,8 @@ class Base:
 
     def has_hash(self, h: str) -> bool:
         """Whether ``h``, a hash recorded with an embedding or a dataset, names these weights: the content hash, or
-        the hash recorded for the same dir before 2026-11-30, which also covered its build log."""
-        if h == self.model_hash:
-            return True
-        return bool(self.path and (self.path / BUILD_LOG).is_file() and h == weights_hash(self.path, build_log=True))
+        the one recorded for the same dir before 2026-11-30 (:func:`legacy_hash_names`)."""
+        return h == self.model_hash or bool(self.path and legacy_hash_names(self.path, h))
 
     def components(self) -> dict[str, Any]:
         """The five pipeline components, keyed as StableDiffusionPipeline names them."""
@@ -388,25 +386,77 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 BUILD_LOG = "medti.json"  # how a medti-built base was made (durations, losses, paths): not part of the model
+# the components medti loads from a pipeline dir (never the safety checker or feature extractor)
+LOADED_COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "unet", "vae")
+_SHARD = re.compile(r"-\d+-of-\d+$")
+_LEGACY_EXTRA_LIMIT = 64 << 20  # bytes beyond the model files worth reading to recognise a legacy hash
 
 
-def weights_hash(path: Path, *, build_log: bool = False) -> str:
-    """sha256 over the model files of a pipeline dir (weights, configs, tokenizer) or a single file; first 16 hex
-    digits. Two builds of the same model get the same hash: medti's build log is left out, unless ``build_log``
-    (medti hashed it too until 2026-11-30, so a base's hash changed with every build)."""
+def _is_variant(name: str) -> bool:
+    """``diffusion_pytorch_model.fp16.safetensors`` (and its shards and index) is a variant, loaded only on
+    request; ``diffusion_pytorch_model.safetensors`` is not."""
+    for ext in (".safetensors.index.json", ".bin.index.json", ".safetensors", ".bin"):
+        if name.endswith(ext):
+            return "." in _SHARD.sub("", name[: -len(ext)])
+    return False
+
+
+def model_files(path: Path) -> list[Path]:
+    """The files of a pipeline dir that loading it for medti reads: model_index.json and, for each component medti
+    uses, its configs and tokenizer files and the weights diffusers picks (no variant; safetensors over .bin).
+    Hub downloads also hold single-file checkpoints, fp16 variants, .bin twins and a safety checker (20-40 GB for
+    an SD repo); none of them is loaded, so none is hashed."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*")
-        if p.is_file() and p.suffix in (".safetensors", ".bin", ".ckpt", ".json", ".txt")
-        and (build_log or p.relative_to(path) != Path(BUILD_LOG))
+    files = [path / "model_index.json"]
+    for comp in LOADED_COMPONENTS:
+        d = path / comp
+        present = sorted(p for p in d.iterdir() if p.is_file() and not _is_variant(p.name)) if d.is_dir() else []
+        weights = [p for p in present if p.suffix in (".safetensors", ".bin")]
+        if any(p.suffix == ".safetensors" for p in weights):
+            weights = [p for p in weights if p.suffix == ".safetensors"]
+        files += [p for p in present if p.suffix in (".json", ".txt")] + weights
+    return sorted(p for p in files if p.is_file())
+
+
+def _legacy_files(path: Path) -> list[Path]:
+    """What medti hashed in a pipeline dir before 2026-11-30: every weight, config and text file, build log too."""
+    return sorted(
+        p for p in Path(path).rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".ckpt", ".json", ".txt")
     )
+
+
+def _hash_files(root: Path, files: list[Path]) -> str:
     h = hashlib.sha256()
     for p in files:
-        h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
+        h.update(str(p.relative_to(root) if root.is_dir() else p.name).encode())
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):  # noqa: B023
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def weights_hash(path: Path, *, legacy: bool = False) -> str:
+    """sha256 over a single-file checkpoint, or over :func:`model_files` of a pipeline dir; first 16 hex digits.
+    Two builds of the same model get the same hash (medti's build log is not a model file), and a dir's hash does
+    not depend on the unused files beside the model. ``legacy``: the hash medti recorded until 2026-11-30,
+    over every file (build log included), which changed with every build and read whole hub repos."""
+    path = Path(path)
+    if path.is_file():
+        return _hash_files(path, [path])
+    return _hash_files(path, _legacy_files(path) if legacy else model_files(path))
+
+
+def legacy_hash_names(path: Path, h: str) -> bool:
+    """Whether ``h`` is the hash recorded for the pipeline dir ``path`` before 2026-11-30. Checked only when the
+    files that hash covered beyond the model files are small (a build log, a README), as reading a hub repo's
+    unused checkpoints on every command would cost minutes."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    extra = set(_legacy_files(path)) - set(model_files(path))
+    if not extra or sum(p.stat().st_size for p in extra) > _LEGACY_EXTRA_LIMIT:
+        return False
+    return h == weights_hash(path, legacy=True)
 
 
 def ensure_embedded(name: str, progress: bool = True) -> Path:
