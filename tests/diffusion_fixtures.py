@@ -9,12 +9,13 @@ import numpy as np
 from medti.data.dataset import DatasetInfo, DatasetWriter
 
 
-def make_blob_dataset(out: Path, n: int = 16, size: int = 32, seed: int = 0) -> Path:
-    """Tiny prostate-like dataset: positives carry a bright blue blob (a 'lesion')."""
+def make_blob_dataset(out: Path, n: int = 16, size: int = 32, seed: int = 0, unseen: tuple[str, ...] = ()) -> Path:
+    """Tiny prostate-like dataset: positives carry a bright blue blob (a 'lesion'). ``unseen``: more findings,
+    negative in every case."""
     info = DatasetInfo(
         modality="prostate_mri",
         channels=["T2W", "ADC", "DWI"],
-        findings=["csPCa"],
+        findings=["csPCa", *unseen],
         image_size=[size, size],
         source="phantom",
     )
@@ -31,5 +32,5 @@ def make_blob_dataset(out: Path, n: int = 16, size: int = 32, seed: int = 0) -> 
                 img[blob, 1] = 0.1
             img8 = np.clip(img * 255, 0, 255).astype(np.uint8)
             split = ("train", "val", "test")[i % 3] if i >= 8 else "train"
-            w.add(case_id=f"case-{i:03d}", patient_id=f"PH-{i:03d}", split=split, labels={"csPCa": pos}, image=img8)
+            w.add(case_id=f"case-{i:03d}", patient_id=f"PH-{i:03d}", split=split, labels={"csPCa": pos, **dict.fromkeys(unseen, 0)}, image=img8)
     return out

@@ -223,6 +223,21 @@ def test_cli_embed_train(tmp_path, bases, data):
     assert load_embedding(out).metadata["gradient_checkpointing"] == "true"
 
 
+def test_a_finding_without_positive_cases_blocks_training_until_min_per_class_is_lowered(tmp_path, bases):
+    """A small curated set (100 effusion cases imported from CheXpert) can have no positive case of another finding:
+    the validation gate refuses it, says which option lowers the rule, and --min-per-class 0 trains."""
+    data = make_blob_dataset(tmp_path / "ds", unseen=("pirads5",))
+    out = tmp_path / "lesion.safetensors"
+    args = ["embed", "train", "--data", str(data), "--concept", "lesion", "--where", "csPCa=1",
+            "--base", str(bases["epsilon"]), "--vectors", "2", "--steps", "2", "--batch", "2", "--out", str(out)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and "'pirads5'" in r.output and "pass --min-per-class with a lower value" in r.output
+    assert not out.exists()
+    r = CliRunner().invoke(app, [*args, "--min-per-class", "0"])
+    assert r.exit_code == 0, r.output
+    assert out.exists()
+
+
 @pytest.mark.parametrize("kind,modality", [("prostate", "prostate_mri"), ("cxr", "cxr")])
 def test_sampling_template_is_worded_as_the_phantom_captions(tmp_path, kind, modality):
     """The template samples and experiments use (``TEMPLATES[m][1]``) must be the modality caption's own

@@ -257,6 +257,11 @@ def embed_train_cmd(
         "embeddings (keeps the vectors where real tokens live; see docs/results.md). Default: uncapped.",
     ),
     seed: int = typer.Option(0, "--seed"),
+    min_per_class: int = typer.Option(
+        1, "--min-per-class",
+        help="The data must pass validation with this many train cases per class of every finding (as in data "
+        "validate); 0 accepts a dataset whose other findings have no positive case.",
+    ),
 ):
     """Textual inversion: learn VECTORS token vectors for one concept against a frozen base."""
     from medti.diffusion.textual_inversion import EmbeddingConfig, train_embedding
@@ -266,6 +271,7 @@ def embed_train_cmd(
         init_text=init_text, steps=steps, lr=lr, batch=batch, max_images=max_images, out=out,
         resume=resume, restart=restart, overwrite=force, checkpoint_every=checkpoint_every, sample_every=sample_every,
         precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed, max_norm=max_norm,
+        min_per_class=min_per_class,
     )
     typer.echo(_run(
         train_embedding, cfg,

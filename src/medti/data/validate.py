@@ -232,11 +232,12 @@ def validate_dataset(cfg: ValidateConfig) -> ValidationResult:
     )
 
 
-def require_valid(dataset: Path, min_per_class: int = 1) -> None:
+def require_valid(dataset: Path, min_per_class: int = 1, option: str | None = None) -> None:
     """Raise :class:`DatasetError` listing every failure unless ``dataset`` passes validation.
 
     What consumers call before reading a dataset.  The report is written to a temporary dir
-    (a consumer may only have read access to the dataset) and discarded.
+    (a consumer may only have read access to the dataset) and discarded.  ``option``: the consumer's
+    command-line option that sets ``min_per_class``, named in the error when only that rule failed.
     """
     with tempfile.TemporaryDirectory(prefix="medti-validate-") as tmp:
         res = validate_dataset(
@@ -250,6 +251,11 @@ def require_valid(dataset: Path, min_per_class: int = 1) -> None:
         lines += [f"  {f}" for f in shown]
         if more:
             lines.append(f"  ... and {more} more")
+        if option and min_per_class > 0 and all(f.rule == "min_per_class" for f in res.failures):
+            lines.append(
+                f"only the min-per-class rule failed: if those findings do not matter to this step, pass {option} "
+                f"with a lower value (now {min_per_class}), as data validate takes it"
+            )
         raise DatasetError("\n".join(lines))
 
 

@@ -94,6 +94,9 @@ class EmbeddingConfig:
     max_norm: float | str | None = None
     device: str | None = None  # None: accelerate picks (cuda when present)
     validate: bool = True
+    #: the data must pass validation with this many train cases per class of every finding (data validate's
+    #: --min-per-class); 0 lets a dataset through whose other findings have no positive case
+    min_per_class: int = 1
     progress: bool = True
     stop_after: int | None = None  # stop (as if killed) after this many steps - for resume tests
 
@@ -516,7 +519,7 @@ def _train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
     if cfg.validate:
         from medti.data.validate import require_valid
 
-        require_valid(Path(cfg.data))
+        require_valid(Path(cfg.data), min_per_class=cfg.min_per_class, option="--min-per-class")
 
     accelerator = Accelerator(cpu=(cfg.device == "cpu"), mixed_precision="no")
     device = accelerator.device
