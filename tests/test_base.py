@@ -256,6 +256,35 @@ def test_hash_reads_only_what_loading_reads(tmp_path, monkeypatch):
     assert not b.has_hash(old)
 
 
+_LOAD_HUB = """
+import sys
+from medti.diffusion.base import load_base
+b = load_base(sys.argv[1], progress=False)
+print(b.model_id, b.model_hash)
+"""
+
+
+def test_hub_id_from_the_local_cache_hashes_like_a_local_copy_of_the_repo(tmp_path):
+    """`--base org/name` (from the Hugging Face cache) and `--base models/name` (the same repo downloaded with
+    --local-dir) are one model: embeddings trained on one must not warn on the other."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    local = build_micro(tmp_path / "micro-test")
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "models--medti--micro-test"
+    shutil.copytree(local, repo / "snapshots" / rev)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", _LOAD_HUB, "medti/micro-test"], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    model_id, h = res.stdout.split()[-2:]
+    assert model_id == "medti/micro-test" and h == load_base(str(local)).model_hash
+
+
 def test_saved_pipeline_dir_gets_the_umask_permissions(tmp_path):
     """safetensors writes weights through 0600 temp files; a base dir (`base train`, the embedded cache) must
     be readable by whoever may read its configs: colleagues, pipeline steps running as another user."""

@@ -570,6 +570,7 @@ def load_base(ref: str, *, device: str | None = None, dtype=None, progress: bool
                 raise _hub_error(ref) from e
             pipe = StableDiffusionPipeline.from_pretrained(str(loc), safety_checker=None, requires_safety_checker=False)
         model_id = str(loc)
+        path = _hub_snapshot(str(loc))
     mhash = weights_hash(path) if path is not None else _hash_modules(pipe)
     base = Base(
         tokenizer=pipe.tokenizer,
@@ -588,6 +589,17 @@ def load_base(ref: str, *, device: str | None = None, dtype=None, progress: bool
         if device is not None or dtype is not None:
             m.to(device=device, dtype=dtype)
     return base
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot dir a hub id was just loaded from, so that its hash is that of a --local-dir copy of the
+    same repo (hashing the loaded modules instead gave the two different hashes)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not a plain cached snapshot: fall back to hashing the loaded modules
+        return None
 
 
 def _hash_modules(pipe) -> str:
