@@ -8,6 +8,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MEDTI_SALT", "test-salt-not-secret")
+# ... nor write into the user's medti cache (embedded bases, remembered model hashes)
+if "MEDTI_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["MEDTI_CACHE"] = tempfile.mkdtemp(prefix="medti-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["MEDTI_CACHE"], True)
 
 
 @pytest.fixture(scope="module")

@@ -256,6 +256,33 @@ def test_hash_reads_only_what_loading_reads(tmp_path, monkeypatch):
     assert not b.has_hash(old)
 
 
+def test_a_model_dir_is_read_for_its_hash_once_until_a_file_changes(tmp_path, monkeypatch):
+    """An SD model is 2-7 GB; hashing it on every command re-read it every time (minutes on a network share)."""
+    import os
+
+    import medti.diffusion.base as base_mod
+    from medti.diffusion.base import weights_hash
+
+    monkeypatch.setenv("MEDTI_CACHE", str(tmp_path / "cache"))
+    reads = []
+    real = base_mod._hash_files
+    monkeypatch.setattr(base_mod, "_hash_files", lambda root, files: reads.append(root) or real(root, files))
+    d = build_micro(tmp_path / "m")
+    first = weights_hash(d)
+    assert weights_hash(d) == first and len(reads) == 1
+    w = d / "unet" / "diffusion_pytorch_model.safetensors"
+    w.write_bytes(w.read_bytes()[:-1] + b"x")  # same size, new content (and mtime)
+    changed = weights_hash(d)
+    assert changed != first and len(reads) == 2
+    os.utime(w, ns=(1, 1))  # only the mtime: read again, same hash
+    assert weights_hash(d) == changed and len(reads) == 3
+    ckpt = tmp_path / "sd.safetensors"  # single-file checkpoints too
+    ckpt.write_bytes(b"weights" * 100)
+    assert weights_hash(ckpt) == weights_hash(ckpt) and len(reads) == 4
+    (tmp_path / "cache" / "model-hashes.json").write_text("{not json")  # a damaged record costs a re-read
+    assert weights_hash(d) == changed and len(reads) == 5
+
+
 _LOAD_HUB = """
 import sys
 from medti.diffusion.base import load_base

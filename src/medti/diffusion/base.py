@@ -435,6 +435,48 @@ def _hash_files(root: Path, files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+class _HashCache:
+    """Hashes of model dirs and checkpoints, remembered under the cache dir with the (size, mtime, inode) of each
+    file they covered, as DVC remembers file hashes: an SD model is 2-7 GB, read once per machine instead of on
+    every command (on a network share, about a minute each time). A changed, added or removed file means a new
+    hash. Plain JSON; a missing, corrupt or unwritable file only costs the re-read."""
+
+    FILE = "model-hashes.json"
+    MAX_ENTRIES = 256
+
+    def __init__(self) -> None:
+        self.path = cache_root() / self.FILE
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        self.entries: dict[str, Any] = data if isinstance(data, dict) else {}
+
+    @staticmethod
+    def stamp(root: Path, files: list[Path]) -> list[list[Any]]:
+        out = []
+        for p in files:
+            st = p.stat()  # follows links: hub snapshots link to their blobs
+            out.append([str(p.relative_to(root)) if root.is_dir() else p.name, st.st_size, st.st_mtime_ns, st.st_ino])
+        return out
+
+    def hash(self, root: Path, files: list[Path]) -> str:
+        key, stamp = str(root.resolve()), self.stamp(root, files)
+        e = self.entries.get(key)
+        if isinstance(e, dict) and e.get("files") == stamp and isinstance(e.get("hash"), str):
+            return e["hash"]
+        h = _hash_files(root, files)
+        self.entries.pop(key, None)
+        self.entries[key] = {"files": stamp, "hash": h}
+        from medti.data.dataset import atomic_write_bytes
+
+        try:
+            atomic_write_bytes(self.path, json.dumps(dict(list(self.entries.items())[-self.MAX_ENTRIES:])).encode())
+        except OSError:
+            pass
+        return h
+
+
 def weights_hash(path: Path, *, legacy: bool = False) -> str:
     """sha256 over a single-file checkpoint, or over :func:`model_files` of a pipeline dir; first 16 hex digits.
     Two builds of the same model get the same hash (medti's build log is not a model file), and a dir's hash does
@@ -442,8 +484,10 @@ def weights_hash(path: Path, *, legacy: bool = False) -> str:
     over every file (build log included), which changed with every build and read whole hub repos."""
     path = Path(path)
     if path.is_file():
-        return _hash_files(path, [path])
-    return _hash_files(path, _legacy_files(path) if legacy else model_files(path))
+        return _HashCache().hash(path, [path])
+    if legacy:
+        return _hash_files(path, _legacy_files(path))
+    return _HashCache().hash(path, model_files(path))
 
 
 def legacy_hash_names(path: Path, h: str) -> bool:
