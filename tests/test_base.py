@@ -248,6 +248,12 @@ def test_hash_reads_only_what_loading_reads(tmp_path, monkeypatch):
     # the pipeline's own weights still count
     (hub / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"changed")
     assert weights_hash(hub) != weights_hash(clean)
+    # in a dir saved with fp16 weights only, those are the model
+    (hub / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    (hub / "unet" / "diffusion_pytorch_model.bin").unlink()
+    fp16_only = weights_hash(hub)
+    (hub / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"other fp16 weights")
+    assert weights_hash(hub) != fp16_only
     # a pre-2026-11-30 hash over such a dir is not recomputed: it would read every unused checkpoint
     old = weights_hash(clean, legacy=True)
     b = load_base(str(clean))

@@ -410,8 +410,12 @@ def model_files(path: Path) -> list[Path]:
     files = [path / "model_index.json"]
     for comp in LOADED_COMPONENTS:
         d = path / comp
-        present = sorted(p for p in d.iterdir() if p.is_file() and not _is_variant(p.name)) if d.is_dir() else []
+        every = sorted(p for p in d.iterdir() if p.is_file()) if d.is_dir() else []
+        present = [p for p in every if not _is_variant(p.name)]
         weights = [p for p in present if p.suffix in (".safetensors", ".bin")]
+        if not weights:  # a dir saved with variant weights only: they are the model, so they count
+            present = every
+            weights = [p for p in present if p.suffix in (".safetensors", ".bin")]
         if any(p.suffix == ".safetensors" for p in weights):
             weights = [p for p in weights if p.suffix == ".safetensors"]
         files += [p for p in present if p.suffix in (".json", ".txt")] + weights
