@@ -241,6 +241,8 @@ def test_hash_reads_only_what_loading_reads(tmp_path, monkeypatch):
     (hub / "safety_checker" / "model.safetensors").write_bytes(b"x" * 100)
     (hub / "feature_extractor").mkdir()
     (hub / "feature_extractor" / "preprocessor_config.json").write_text("{}")
+    (hub / "unet" / "notes.txt").write_text("fine-tuned on ...")  # text beside weights that loading never reads
+    (hub / "text_encoder" / "pytorch_model.bin.index.json").write_text("{}")  # the index of the unused format
     assert weights_hash(hub) == weights_hash(clean)
     names = {p.relative_to(hub).as_posix() for p in model_files(hub)}
     assert "unet/diffusion_pytorch_model.safetensors" in names and "tokenizer/tokenizer.json" in names
@@ -287,6 +289,10 @@ def test_a_model_dir_is_read_for_its_hash_once_until_a_file_changes(tmp_path, mo
     assert weights_hash(ckpt) == weights_hash(ckpt) and len(reads) == 4
     (tmp_path / "cache" / "model-hashes.json").write_text("{not json")  # a damaged record costs a re-read
     assert weights_hash(d) == changed and len(reads) == 5
+    # an embedding from another base: the check for a pre-2026-11-30 hash reads the dir once, not per command
+    b = load_base(str(d))
+    n = len(reads)
+    assert not b.has_hash("0123456789abcdef") and not b.has_hash("0123456789abcdef") and len(reads) == n + 1
 
 
 _LOAD_HUB = """

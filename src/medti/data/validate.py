@@ -251,7 +251,9 @@ def require_valid(dataset: Path, min_per_class: int = 1, option: str | None = No
         lines += [f"  {f}" for f in shown]
         if more:
             lines.append(f"  ... and {more} more")
-        if option and min_per_class > 0 and all(f.rule == "min_per_class" for f in res.failures):
+        if option and min_per_class > 0 and all(
+            f.rule == "min_per_class" and "fewer than min_per_class" in f.message for f in res.failures
+        ):
             lines.append(
                 f"only the min-per-class rule failed: if those findings do not matter to this step, pass {option} "
                 f"with a lower value (now {min_per_class}), as data validate takes it"

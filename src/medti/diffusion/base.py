@@ -168,8 +168,11 @@ class Base:
 
     def has_hash(self, h: str) -> bool:
         """Whether ``h``, a hash recorded with an embedding or a dataset, names these weights: the content hash, or
-        the one recorded for the same dir before 2026-11-30 (:func:`legacy_hash_names`)."""
-        return h == self.model_hash or bool(self.path and legacy_hash_names(self.path, h))
+        the one recorded for the same dir before 2026-11-30 (:func:`legacy_hash_names`; a hub id's was another
+        kind, never recognised)."""
+        if h == self.model_hash:
+            return True
+        return bool(self.path and not self.extra.get("hub") and legacy_hash_names(self.path, h))
 
     def components(self) -> dict[str, Any]:
         """The five pipeline components, keyed as StableDiffusionPipeline names them."""
@@ -416,9 +419,13 @@ def model_files(path: Path) -> list[Path]:
         if not weights:  # a dir saved with variant weights only: they are the model, so they count
             present = every
             weights = [p for p in present if p.suffix in (".safetensors", ".bin")]
-        if any(p.suffix == ".safetensors" for p in weights):
-            weights = [p for p in weights if p.suffix == ".safetensors"]
-        files += [p for p in present if p.suffix in (".json", ".txt")] + weights
+        if not weights:  # tokenizer, scheduler: their text files are the component
+            files += [p for p in present if p.suffix in (".json", ".txt")]
+            continue
+        fmt = ".safetensors" if any(p.suffix == ".safetensors" for p in weights) else ".bin"
+        # a weights folder: its config, the chosen weights and their shard index (as diffusers downloads it)
+        files += [d / "config.json"] + [p for p in weights if p.suffix == fmt]
+        files += [p for p in present if p.name.endswith(f"{fmt}.index.json")]
     return sorted(p for p in files if p.is_file())
 
 
@@ -461,11 +468,13 @@ class _HashCache:
         out = []
         for p in files:
             st = p.stat()  # follows links: hub snapshots link to their blobs
-            out.append([str(p.relative_to(root)) if root.is_dir() else p.name, st.st_size, st.st_mtime_ns, st.st_ino])
+            name = str(p.relative_to(root)) if root.is_dir() else p.name
+            out.append([name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
         return out
 
-    def hash(self, root: Path, files: list[Path]) -> str:
-        key, stamp = str(root.resolve()), self.stamp(root, files)
+    def hash(self, root: Path, files: list[Path], kind: str = "") -> str:
+        """The hash of ``files`` under ``root``; ``kind`` keeps other hashes of the same root apart."""
+        key, stamp = str(root.resolve()) + kind, self.stamp(root, files)
         e = self.entries.get(key)
         if isinstance(e, dict) and e.get("files") == stamp and isinstance(e.get("hash"), str):
             return e["hash"]
@@ -490,7 +499,7 @@ def weights_hash(path: Path, *, legacy: bool = False) -> str:
     if path.is_file():
         return _HashCache().hash(path, [path])
     if legacy:
-        return _hash_files(path, _legacy_files(path))
+        return _HashCache().hash(path, _legacy_files(path), kind="#legacy")
     return _HashCache().hash(path, model_files(path))
 
 
@@ -620,6 +629,7 @@ def load_base(ref: str, *, device: str | None = None, dtype=None, progress: bool
         model_id = str(loc)
         path = _hub_snapshot(str(loc))
     mhash = weights_hash(path) if path is not None else _hash_modules(pipe)
+    extra = {"hub": True} if kind == "hub" else {}
     base = Base(
         tokenizer=pipe.tokenizer,
         text_encoder=pipe.text_encoder,
@@ -630,6 +640,7 @@ def load_base(ref: str, *, device: str | None = None, dtype=None, progress: bool
         model_id=model_id,
         model_hash=mhash,
         path=path,
+        extra=extra,
     )
     for m in (base.text_encoder, base.unet, base.vae):
         m.requires_grad_(False)
