@@ -32,6 +32,14 @@ def _emb(n=4, d=32, token="<cspca>", seed=0):
     return Embedding(token, torch.randn(n, d, generator=g), {"concept": "csPCa", "steps": "100", "base_model": "medti-micro", "base_model_hash": "abc"})
 
 
+def test_the_same_embedding_is_saved_as_the_same_bytes(tmp_path):
+    # safetensors writes metadata in hash-map order, different on every call: same training, another checksum
+    files = [save_embedding(_emb(), tmp_path / str(k) / "csPCa.safetensors") for k in range(5)]
+    assert len({f.read_bytes() for f in files}) == 1
+    back = load_embedding(files[0])
+    assert torch.equal(back.vectors, _emb().vectors) and back.metadata["base_model_hash"] == "abc"
+
+
 def test_safetensors_pt_safetensors_round_trip(tmp_path):
     e = _emb()
     a = save_embedding(e, tmp_path / "csPCa.safetensors")

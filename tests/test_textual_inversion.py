@@ -121,6 +121,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_embedding(tmp_path, base
     assert sorted((tmp_path / "b").glob("pos.safetensors.checkpoints/step-*.safetensors")) == kept
     resumed = train_embedding(_cfg(data, base, out_b, n_samples=0, resume=True))
     assert torch.equal(load_embedding(full.path).vectors, load_embedding(resumed.path).vectors)
+    assert full.path.read_bytes() == resumed.path.read_bytes()  # the same file, metadata included
     # a finished embedding is not replaced by a new run without overwrite (--force)
     before = out_b.read_bytes()
     with pytest.raises(TrainingError, match="already exists"):

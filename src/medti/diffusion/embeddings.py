@@ -108,19 +108,34 @@ def check_save_path(path: Path) -> Path:
     return path
 
 
+def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str]) -> bytes:
+    """``safetensors.torch.save`` with a canonical header: its ``__metadata__`` keys sorted, so that the same
+    tensors and metadata always give the same bytes. safetensors writes the metadata in its hash map's order, which
+    changes from call to call (safetensors#584; the fix, PR #790, is unreleased), so two identical trainings wrote
+    different files: another DVC version, another checksum. Offsets are relative to the data, which is kept as is."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    canon = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items()))} if metadata else {}
+    canon.update(sorted(header.items()))
+    text = json.dumps(canon, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors pads it
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
+
+
 def save_embedding(emb: Embedding, path: Path) -> Path:
     """Write ``emb`` as ``.safetensors`` (native) or ``.pt`` (A1111), atomically."""
     path = check_save_path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import save
-
         meta = {k: str(v) for k, v in emb.metadata.items()}
         meta.setdefault("medti_version", __version__)
         meta.setdefault("concept", emb.concept)
         meta["vectors"] = str(emb.n_vectors)
         meta["dim"] = str(emb.dim)
         meta["token"] = emb.token
-        data = save({emb.token: emb.vectors.detach().to("cpu").float().contiguous()}, metadata=meta)
+        data = safetensors_bytes({emb.token: emb.vectors.detach().to("cpu").float().contiguous()}, meta)
     elif path.suffix == ".pt":
         import io
 

@@ -245,9 +245,8 @@ def _ckpt_dir(out: Path) -> Path:
 
 
 def _save_checkpoint(out: Path, step: int, param, optimizer, gen, fingerprint: str, losses: list[float]) -> Path:
-    from safetensors.torch import save
-
     from medti.data.dataset import atomic_write_bytes
+    from medti.diffusion.embeddings import safetensors_bytes
 
     state = optimizer.state[param]
     tensors = {
@@ -260,7 +259,7 @@ def _save_checkpoint(out: Path, step: int, param, optimizer, gen, fingerprint: s
     meta = {"step": str(step), "fingerprint": fingerprint, "losses": json.dumps(losses[-50:])}
     d = _ckpt_dir(out)
     path = d / f"step-{step:07d}.safetensors"
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    atomic_write_bytes(path, safetensors_bytes(tensors, meta))
     for old in sorted(d.glob("step-*.safetensors"))[:-2]:  # keep the last two
         old.unlink(missing_ok=True)
     return path
