@@ -135,6 +135,20 @@ def test_interrupted_and_resumed_run_ends_with_the_same_embedding(tmp_path, base
     assert torch.equal(load_embedding(full.path).vectors, load_embedding(restarted.path).vectors)
 
 
+def test_the_same_run_on_two_threads_gives_the_same_file(tmp_path, bases):
+    """Same inputs and seed on CPU, same bytes. With 2+ torch threads the backward of an indexing gather accumulated
+    in thread order: three identical runs here learned three different sets of vectors (ulp apart)."""
+    data = make_blob_dataset(tmp_path / "blobs", n=32)
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        files = [train_embedding(_cfg(data, bases["v_prediction"], tmp_path / str(k) / "pos.safetensors", batch=16,
+                                      steps=6, n_samples=0)).path for k in range(3)]
+    finally:
+        torch.set_num_threads(n)
+    assert len({f.read_bytes() for f in files}) == 1
+
+
 def test_an_output_name_that_cannot_be_saved_fails_before_any_training(tmp_path, data):
     # the base does not exist: the name is checked first, so a long run never ends unable to save
     with pytest.raises(EmbeddingError, match="unknown embedding format"):

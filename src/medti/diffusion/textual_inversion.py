@@ -171,7 +171,8 @@ class VectorSubstitution:
         mask = (rel >= 0) & (rel < n)
         if not bool(mask.any()):
             return out
-        rows = self.param[rel.clamp(0, n - 1)].to(out.dtype)
+        idx = rel.clamp(0, n - 1)  # index_select: a backward that does not depend on thread order (see Inversion)
+        rows = self.param.index_select(0, idx.reshape(-1)).reshape(*idx.shape, -1).to(out.dtype)
         return torch.where(mask[..., None], rows, out)
 
     def remove(self) -> None:
@@ -415,8 +416,10 @@ class Inversion:
         target = self.noise_sched.get_velocity(latents, noise, tsteps) if self.v_pred else noise
         with self.accelerator.autocast():
             # the frozen text encoder runs once per distinct template in the batch (at most a
-            # handful), not once per sample: the same values and gradients, a fraction of the work
-            cond = self.te(self.template_ids[uniq])[0][inverse]
+            # handful), not once per sample: the same values and gradients, a fraction of the work.
+            # index_select, not [inverse]: on CPU the backward of an indexing gather accumulates
+            # in thread order, so with 2+ threads the same run learned vectors a few ulp apart
+            cond = self.te(self.template_ids[uniq])[0].index_select(0, inverse)
             pred = self.unet(noisy.to(self.weight_dtype), tsteps, cond.to(self.weight_dtype)).sample
         loss = F.mse_loss(pred.float(), target.float())
         self.prepared_optimizer.zero_grad(set_to_none=True)
