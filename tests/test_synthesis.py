@@ -383,5 +383,7 @@ def test_warning_for_another_build_of_the_embedded_base_says_what_differs(env, t
     model_id = load_base("micro").model_id
     emb = Embedding("<c>", torch.zeros(2, 32), {"concept": "c", "base_model": model_id, "base_model_hash": "0" * 16})
     f = save_embedding(emb, tmp_path / "c.safetensors")
-    _, warns = load_sampler("micro", [f])
-    assert len(warns) == 1 and "builds of the embedded micro base" in warns[0] and "token" in warns[0]
+    g = save_embedding(Embedding("<d>", torch.zeros(2, 32), {**emb.metadata, "concept": "d"}), tmp_path / "d.safetensors")
+    _, warns = load_sampler("micro", [f, g])
+    assert [w.split(":")[0] for w in warns[:2]] == [str(f), str(g)]
+    assert len(warns) == 3 and "builds of the embedded micro base" in warns[2] and "token" in warns[2]  # said once

@@ -113,22 +113,22 @@ def load_sampler(
     dev, dtype = _device_dtype(device, precision)
     b = load_base(base, device=dev, dtype=dtype, progress=progress)
     embs = [load_embedding(Path(p)) for p in embeddings]
-    warns = []
+    warns, same_recipe = [], False
     for p, e in zip(embeddings, embs, strict=True):
         h = e.metadata.get("base_model_hash", "")
         if h and not b.has_hash(h):
             trained_on = e.metadata.get("base_model", "?")
-            msg = (
+            warns.append(
                 f"{p}: trained on base {trained_on} ({h}), sampling with {b.model_id} ({b.model_hash}); "
                 "the concept may not transfer"
             )
-            if trained_on == b.model_id and b.ref in EMBEDDED:
-                msg += (
-                    f" (both are builds of the embedded {b.ref} base: a build made before 2026-11-30 has its tokens "
-                    "in another order, which changes no image; a build on another kind of device may differ "
-                    "slightly; see 'The embedded tiny base' in the README)"
-                )
-            warns.append(msg)
+            same_recipe |= trained_on == b.model_id and b.ref in EMBEDDED
+    if same_recipe:  # said once, however many embeddings it concerns
+        warns.append(
+            f"(the same name, two hashes: two builds of the embedded {b.ref} base. A build made before 2026-11-30 has its "
+            "tokens in another order, which changes no image; a build on another kind of device may differ slightly. "
+            "See 'The embedded tiny base' in the README.)"
+        )
     sampler = GuidedSampler(b, embs, **settings.sampler_kwargs(), progress=progress)
     return sampler, warns
 
