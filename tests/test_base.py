@@ -180,9 +180,12 @@ def test_text_encoder_init_depends_on_token_strings_not_on_the_trainers_id_order
     assert torch.equal(outs[0], outs[1])
 
 
-_BUILD_MICRO = """
+# loads a --base in a fresh process (its own tokenizers hash-map seed, its own env) and prints id and hash
+_LOAD_BASE = """
+import sys
 from medti.diffusion.base import load_base
-print(load_base("micro", progress=False).model_hash)
+b = load_base(sys.argv[1], progress=False)
+print(b.model_id, b.model_hash)
 """
 
 
@@ -197,8 +200,8 @@ def test_embedded_base_rebuilt_in_another_cache_has_the_same_hash(tmp_path):
     hashes = []
     for k in range(2):
         env = {**os.environ, "MEDTI_CACHE": str(tmp_path / f"cache{k}"), "PYTHONHASHSEED": str(k)}
-        res = subprocess.run([sys.executable, "-c", _BUILD_MICRO], env=env, capture_output=True, text=True, check=True)
-        hashes.append(res.stdout.strip().splitlines()[-1])
+        res = subprocess.run([sys.executable, "-c", _LOAD_BASE, "micro"], env=env, capture_output=True, text=True, check=True)
+        hashes.append(res.stdout.split()[-1])
     assert hashes[0] == hashes[1] and len(hashes[0]) == 16
 
 
@@ -295,14 +298,6 @@ def test_a_model_dir_is_read_for_its_hash_once_until_a_file_changes(tmp_path, mo
     assert not b.has_hash("0123456789abcdef") and not b.has_hash("0123456789abcdef") and len(reads) == n + 1
 
 
-_LOAD_HUB = """
-import sys
-from medti.diffusion.base import load_base
-b = load_base(sys.argv[1], progress=False)
-print(b.model_id, b.model_hash)
-"""
-
-
 def test_hub_id_from_the_local_cache_hashes_like_a_local_copy_of_the_repo(tmp_path):
     """`--base org/name` (from the Hugging Face cache) and `--base models/name` (the same repo downloaded with
     --local-dir) are one model: embeddings trained on one must not warn on the other."""
@@ -318,7 +313,7 @@ def test_hub_id_from_the_local_cache_hashes_like_a_local_copy_of_the_repo(tmp_pa
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(rev)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-c", _LOAD_HUB, "medti/micro-test"], env=env, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", _LOAD_BASE, "medti/micro-test"], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     model_id, h = res.stdout.split()[-2:]
     assert model_id == "medti/micro-test" and h == load_base(str(local)).model_hash

@@ -561,10 +561,9 @@ def _train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
 
     start = 0
     if cfg.resume:
-        ck = _latest_checkpoint(out)
-        if ck is not None:
-            start = _load_checkpoint(ck, param, raw_opt, gen, fingerprint)
-            accelerator.print(f"resumed from {ck} at step {start}")
+        if left is not None:  # found above; the output lock keeps it current
+            start = _load_checkpoint(left, param, raw_opt, gen, fingerprint)
+            accelerator.print(f"resumed from {left} at step {start}")
     elif cfg.restart:
         for old in _ckpt_dir(out).glob("step-*.safetensors"):
             old.unlink()
