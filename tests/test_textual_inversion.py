@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -293,3 +295,19 @@ def test_max_norm_keeps_the_vectors_among_the_base_tokens(tmp_path, bases, data)
 def test_a_bad_max_norm_is_refused_naming_the_value(tmp_path, bases, data, bad):
     with pytest.raises(TrainingError, match=f"--max-norm '{bad}'"):
         train_embedding(_cfg(data, bases["epsilon"], tmp_path / "x.safetensors", max_norm=bad))
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("csPCa", "term 'csPCa' is not NAME=0|1"),
+        ("csPCa=2", "value must be 0 or 1"),
+        ("csPCa=1,csPCa=0", "names 'csPCa' twice"),
+    ],
+)
+def test_where_filter_refuses_malformed_terms_naming_them(expr, message):
+    from medti.data.dataset import DatasetError, parse_where
+
+    assert parse_where(" pleural_effusion=1 , pneumonia=0 ") == {"pleural_effusion": 1, "pneumonia": 0}
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        parse_where(expr)

@@ -482,6 +482,8 @@ def parse_where(expr: str | None) -> dict[str, int]:
         k, v = (s.strip() for s in part.split("=", 1))
         if v not in ("0", "1"):
             raise DatasetError(f"--where term {part!r}: value must be 0 or 1")
+        if k in out:  # 'csPCa=1,csPCa=0' would otherwise keep the last term without a word
+            raise DatasetError(f"--where {expr!r} names {k!r} twice")
         out[k] = int(v)
     return out
 
