@@ -245,10 +245,10 @@ def main() -> None:
         f"| {gs(r['g'])} | {sch} | `{k}` | {v['eff']:.2f} | {v['pna']:.2f} | {v['both']:.2f} | {v['nan']:.2f} |"
         for r in runs for sch, (comp, _) in r["comp"].items() for k, v in comp.items()
     )
-    comp_ratio = "; ".join(f"guidance {gs(r['g'])}, {sch}: **{ratio:.2f}x** ({ok(ratio >= 2.0)})"
-                           for r in runs for sch, (_, ratio) in r["comp"].items())
+    comp_ratio = "; ".join(f"guidance {gs(r['g'])}, {sch}: **{ratio:.2f}x** (95 % interval {fmt_interval(*ratio_interval(comp))}; {ok(ratio >= 2.0)})"
+                           for r in runs for sch, (comp, ratio) in r["comp"].items())
     inp_rows = "\n".join(
-        f"| {gs(r['g'])} | **{r['rise']:.0%}** ({ok(r['rise'] >= 0.8)}) | {r['control_rise']:.0%} | {r['before'].mean():.3f} / {r['after'].mean():.3f} / "
+        f"| {gs(r['g'])} | **{r['rise']:.0%}** ({fmt_interval(*rise_interval(r['after'] > r['before']), '{:.0%}')}; {ok(r['rise'] >= 0.8)}) | {r['control_rise']:.0%} | {r['before'].mean():.3f} / {r['after'].mean():.3f} / "
         f"{r['ref'].mean():.3f} | {np.mean(r['after'] > FINDING_THRESHOLDS['csPCa']):.0%} "
         f"({np.mean(r['before'] > FINDING_THRESHOLDS['csPCa']):.0%}) | **{r['mean_out']:.3f}/255** ({ok(r['mean_out'] <= 2.0)}) | "
         f"{r['in_change']:.1f}/255 |"
@@ -307,14 +307,15 @@ with each finding present (score > threshold):
 |---|---|---|---|---|---|---|
 {comp_rows}
 
-Both findings, composition / best single prompt (target >= 2x): {comp_ratio}.
+Both findings, composition / best single prompt (target >= 2x; the interval is a bootstrap over the images drawn, with
+the seeds resampled together, and does not cover which seed trained the concepts): {comp_ratio}.
 
 **3. Inpainting** `csPCa` into {args.n_inpaint} healthy prostate phantoms (fresh renders, seed {inpaint_case_seed(args.seed)}; mask = a
 lesion region placed as the phantom places csPCa lesions, dilated by 2 px; strength {args.strength}; regular checkpoint:
 masked latent denoising with RePaint resampling, {resample} pass{'es' if resample > 1 else ''} per step, + inward-feathered paste, default feather;
 the control inpaints the same cases with the same noise from the caption alone, no concept):
 
-| guidance | lesion score in the mask rises (target >= 80 %) | control: rises with `{caption('prostate_mri')}` alone | mean score in the mask: before / after / same study with a real lesion | after > {FINDING_THRESHOLDS['csPCa']} (before) | mean abs. change outside the mask (target <= 2/255) | mean abs. change inside |
+| guidance | lesion score in the mask rises (95 % interval; target >= 80 %) | control: rises with `{caption('prostate_mri')}` alone | mean score in the mask: before / after / same study with a real lesion | after > {FINDING_THRESHOLDS['csPCa']} (before) | mean abs. change outside the mask (target <= 2/255) | mean abs. change inside |
 |---|---|---|---|---|---|---|
 {inp_rows}
 
@@ -360,23 +361,53 @@ def composition(sampler, cxr, n: int, seed: int, negative: str) -> tuple[dict, f
         sc = [cxr_scores(im) for im in imgs]
         eff = np.array([s["pleural_effusion"] > FINDING_THRESHOLDS["pleural_effusion"] for s in sc])
         pna = np.array([s["pneumonia"] > FINDING_THRESHOLDS["pneumonia"] for s in sc])
-        comp[prompt] = dict(images=imgs, eff=eff.mean(), pna=pna.mean(), both=(eff & pna).mean(),
+        comp[prompt] = dict(images=imgs, eff=eff.mean(), pna=pna.mean(), both=(eff & pna).mean(), both_each=eff & pna,
                             nan=np.mean([np.isnan(s["pleural_effusion"]) or np.isnan(s["pneumonia"]) for s in sc]))
-    single = max(comp[COMPOSITION_PROMPTS[0]]["both"], comp[COMPOSITION_PROMPTS[1]]["both"])
-    both = comp[COMPOSITION_PROMPTS[2]]["both"]
-    return comp, (both / single if single > 0 else float("inf"))
+    return comp, _ratio(*(comp[p]["both_each"] for p in COMPOSITION_PROMPTS))
+
+
+def _ratio(single_a, single_b, composed) -> float:
+    """The composition's "both findings" rate over the likelier single prompt's (inf if neither shows both)."""
+    single = max(single_a.mean(), single_b.mean())
+    return composed.mean() / single if single > 0 else float("inf")
+
+
+def ratio_interval(comp: dict, n_boot: int = 2000, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of :func:`composition`'s ratio over the images drawn: the seeds are
+    resampled jointly, since image i of every prompt starts from the same noise (fixed generator, so the
+    interval is reproducible).  It covers which images were drawn, not which seed trained the concepts."""
+    import numpy as np
+
+    each = [comp[p]["both_each"] for p in COMPOSITION_PROMPTS]
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(each[0]), size=(n_boot, len(each[0])))
+    boots = np.array([_ratio(*(e[i] for e in each)) for i in idx])
+    lo, hi = np.percentile(boots, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def fmt_interval(lo: float, hi: float, fmt: str = "{:.2f}") -> str:
+    return f"{fmt.format(lo)}-{fmt.format(hi)}"
+
+
+def rise_interval(rose, level: float = 0.95) -> tuple[float, float]:
+    """Wilson interval of the share of inpainted cases whose lesion score rose (over the cases drawn)."""
+    from scipy import stats
+
+    ci = stats.binomtest(int(sum(rose)), len(rose)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def composition_table_header() -> str:
     """Header of the one-row-per-guidance composition table the composition experiments print."""
     cols = " | ".join(f"`{p}`: effusion / pneumonia / both" for p in COMPOSITION_PROMPTS)
-    return f"| guidance | {cols} | ratio | s |\n|---|" + "---|" * len(COMPOSITION_PROMPTS) + "---|---|"
+    return f"| guidance | {cols} | ratio (95 % interval over the images) | s |\n|---|" + "---|" * len(COMPOSITION_PROMPTS) + "---|---|"
 
 
 def composition_table_row(g: float, comp: dict, ratio: float, seconds: float) -> str:
     """One row of :func:`composition_table_header`'s table: :func:`composition`'s result at guidance ``g``."""
     cells = " | ".join(f"{v['eff']:.2f} / {v['pna']:.2f} / {v['both']:.2f}" for v in comp.values())
-    return f"| {g:g} | {cells} | {ratio:.2f}x | {seconds:.0f} |"
+    return f"| {g:g} | {cells} | {ratio:.2f}x ({fmt_interval(*ratio_interval(comp))}) | {seconds:.0f} |"
 
 
 def composition_sweep(base, embs, guidances: str, seed: int, n: int, **sampler_kw) -> list[tuple[float, dict]]:
