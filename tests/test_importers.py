@@ -21,6 +21,7 @@ from medti.data.importers import (
     import_picai,
 )
 from medti.data.pseudonym import case_pseudonym, load_salt, pseudonymise
+from medti.io import OutputError
 
 SALT = "importer-test-salt"
 SIZE = 64
@@ -342,7 +343,7 @@ def test_picai_error_keeps_previous_dataset(picai_tree, picai_out, tmp_path):
             PicaiImportConfig(images=images, labels=picai_tree[1], out=out, size=SIZE, salt=SALT, overwrite=True)
         )
     assert (out / "manifest.csv").read_bytes() == before
-    with pytest.raises(DatasetError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         import_picai(PicaiImportConfig(images=picai_tree[0], labels=picai_tree[1], out=out, size=SIZE, salt=SALT))
 
 

@@ -281,7 +281,7 @@ def test_written_datasets_get_the_umask_permissions_not_private_temp_ones(tmp_pa
     # dataset would be unreadable to colleagues and to pipeline steps running as another user
     import os
 
-    from medti.data.dataset import atomic_write_bytes
+    from medti.io import atomic_write_bytes
 
     old = os.umask(0o027)
     try:

@@ -191,12 +191,12 @@ def test_ctrl_c_keeps_the_chunks_says_how_to_continue_and_the_rerun_finishes(env
 
 
 def test_a_second_run_on_the_same_output_fails_at_once_while_the_first_holds_it(env, tmp_path):
-    from medti.data.dataset import output_lock
+    from medti.io import OutputError, output_lock
 
     spec = _spec(env, env["root"] / "lock.yaml")
     out = tmp_path / "ds"
     with output_lock(out, "synth dataset"):  # what a running `medti synth dataset` holds
-        with pytest.raises(DatasetError, match="another synth dataset run is writing .*ds right now"):
+        with pytest.raises(OutputError, match="another synth dataset run is writing .*ds right now"):
             synthesize(SynthesisConfig(spec=spec, out=out, progress=False, validate=False))
         assert not work_dir(out).exists()  # it started nothing
     res = synthesize(SynthesisConfig(spec=spec, out=out, progress=False, validate=False))

@@ -159,11 +159,11 @@ def test_an_output_name_that_cannot_be_saved_fails_before_any_training(tmp_path,
 
 
 def test_a_second_training_of_the_same_file_fails_at_once_while_the_first_runs(tmp_path, bases, data):
-    from medti.data.dataset import DatasetError, output_lock
+    from medti.io import OutputError, output_lock
 
     out = tmp_path / "pos.safetensors"
     with output_lock(out, "embed train"):  # what a running `medti embed train --out pos.safetensors` holds
-        with pytest.raises(DatasetError, match="another embed train run is writing"):
+        with pytest.raises(OutputError, match="another embed train run is writing"):
             train_embedding(_cfg(data, bases["epsilon"], out, n_samples=0))
     assert not out.exists() and not list(tmp_path.glob("*.checkpoints"))
 

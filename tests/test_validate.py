@@ -24,10 +24,10 @@ from medti.data.dataset import (
     DatasetWriter,
     encode_png,
     read_manifest,
-    sha256_bytes,
     write_manifest,
 )
 from medti.data.validate import RULES, ValidateConfig, require_valid, validate_dataset
+from medti.io import sha256_bytes
 
 FINDING = "csPCa"
 SPLIT_OF_PATIENT = ("train", "val", "test")

@@ -47,12 +47,12 @@ def _run(fn, cfg, interrupted: str = _INTERRUPTED):
     """Call a library step; turn a user-facing error into a clean message and exit code, and Ctrl-C
     into one line saying what was kept and how to continue (exit code 130, as shells report SIGINT)."""
     # these modules import nothing heavy at their top level
-    from medti.data.dataset import DatasetError
     from medti.diffusion.base import BaseModelError
     from medti.diffusion.embeddings import EmbeddingError
     from medti.diffusion.textual_inversion import TrainingError
+    from medti.io import OutputError  # DatasetError and SynthesisError are OutputErrors too
 
-    user_errors = (DatasetError, BaseModelError, EmbeddingError, TrainingError, FileNotFoundError, FileExistsError)
+    user_errors = (OutputError, BaseModelError, EmbeddingError, TrainingError, FileNotFoundError, FileExistsError)
     try:
         return fn(cfg)
     except user_errors as e:

@@ -95,11 +95,11 @@ def _embeddings(cfg: DemoConfig, data: Path, out: Path, say) -> None:
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from medti.data.dataset import atomic_write_text
     from medti.data.phantoms import lesion_score
     from medti.diffusion.base import ensure_embedded
     from medti.diffusion.sampling import sample_embedding, save_grid
     from medti.diffusion.textual_inversion import EmbeddingConfig, train_embedding
+    from medti.io import atomic_write_text
 
     if cfg.base in ("tiny", "micro"):
         say(f"[base] embedded {cfg.base} base at {ensure_embedded(cfg.base)}")

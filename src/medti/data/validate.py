@@ -53,13 +53,11 @@ from medti.data.dataset import (
     SPLITS,
     DatasetError,
     DatasetInfo,
-    atomic_write_text,
     read_info,
     read_manifest,
-    replace_dir,
     safe_join,
-    temp_dir_for,
 )
+from medti.io import atomic_write_text, replace_dir, temp_dir_for
 
 REPORT_DIR = "validation"
 REPORT_JSON = "validation.json"

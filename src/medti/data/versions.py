@@ -24,8 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medti.data.dataset import INFO, MANIFEST, DatasetError, atomic_write_text
+from medti.data.dataset import INFO, MANIFEST, DatasetError
 from medti.data.validate import REPORT_DIR, ValidateConfig, ValidationResult, validate_dataset
+from medti.io import atomic_write_text
 
 DVC_DIR = ".dvc"
 DVCIGNORE = ".dvcignore"

@@ -353,7 +353,7 @@ def save_pipeline_dir(components: dict[str, Any], out: Path, meta: dict[str, Any
     atomically: built under a temp name, then renamed into place."""
     import shutil
 
-    from medti.data.dataset import default_permissions, replace_dir, temp_dir_for
+    from medti.io import default_permissions, replace_dir, temp_dir_for
 
     out = Path(out)
     tmp = temp_dir_for(out)
@@ -481,7 +481,7 @@ class _HashCache:
         h = _hash_files(root, files)
         self.entries.pop(key, None)
         self.entries[key] = {"files": stamp, "hash": h}
-        from medti.data.dataset import atomic_write_bytes
+        from medti.io import atomic_write_bytes
 
         try:
             atomic_write_bytes(self.path, json.dumps(dict(list(self.entries.items())[-self.MAX_ENTRIES:])).encode())

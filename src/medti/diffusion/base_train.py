@@ -275,7 +275,6 @@ def train_base(cfg: BaseTrainConfig) -> BaseTrainResult:
     from accelerate import Accelerator
 
     from medti._quiet import quiet_libraries
-    from medti.data.dataset import check_output_dir
     from medti.diffusion.base import (
         BASE_VOCAB_TEXT,
         SPECS,
@@ -285,6 +284,7 @@ def train_base(cfg: BaseTrainConfig) -> BaseTrainResult:
         train_tokenizer,
     )
     from medti.diffusion.textual_inversion import encode_latent_cache
+    from medti.io import check_output_dir
 
     quiet_libraries()
     t0 = time.time()

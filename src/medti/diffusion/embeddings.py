@@ -153,7 +153,7 @@ def save_embedding(emb: Embedding, path: Path) -> Path:
         buf = io.BytesIO()
         torch.save(obj, buf)
         data = buf.getvalue()
-    from medti.data.dataset import atomic_write_bytes
+    from medti.io import atomic_write_bytes
 
     atomic_write_bytes(path, data)
     return path

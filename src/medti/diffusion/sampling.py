@@ -53,7 +53,8 @@ def save_grid(
 ) -> Path:
     """Write a PNG grid of ``images`` atomically; ``scale`` enlarges small images (nearest);
     ``labels`` (one per column) and ``title`` go in a band above it."""
-    from medti.data.dataset import atomic_write_bytes, encode_png
+    from medti.data.dataset import encode_png
+    from medti.io import atomic_write_bytes
 
     g = grid_image(images, cols=cols)
     if scale > 1:

@@ -301,8 +301,8 @@ class InterpolateResult:
 
 def interpolate_concepts(cfg: InterpolateConfig) -> InterpolateResult:
     """One strip per seed of ``from:(1-w) AND to:w`` over ``cfg.weights``, fixed noise per strip."""
-    from medti.data.dataset import atomic_write_text, replace_dir, temp_dir_for
     from medti.diffusion.sampling import save_grid
+    from medti.io import atomic_write_text, replace_dir, temp_dir_for
 
     t0 = time.time()
     weights = [float(w) for w in cfg.weights]
@@ -406,7 +406,8 @@ class InpaintResult:
 
 def inpaint_image(cfg: InpaintConfig) -> InpaintResult:
     """Regenerate the masked region of one image (white = regenerate) conditioned on a prompt."""
-    from medti.data.dataset import DatasetError, atomic_write_bytes, encode_png, load_image
+    from medti.data.dataset import DatasetError, encode_png, load_image
+    from medti.io import atomic_write_bytes
 
     t0 = time.time()
     for what, p in (("--image", cfg.image), ("--mask", cfg.mask)):
@@ -507,11 +508,12 @@ def _unknown(where: str, keys, allowed: set[str]) -> None:
 def _check_out(out, overwrite: bool, marker: str | None = None, kind: str = "medti dataset dir") -> Path:
     """The output dir, checked before any sampling (exists without --force? not what this step writes?);
     by default a dataset dir."""
-    from medti.data.dataset import INFO, MANIFEST, DatasetError, check_output_dir
+    from medti.data.dataset import INFO, MANIFEST
+    from medti.io import OutputError, check_output_dir
 
     try:
         check_output_dir(Path(out), overwrite, (marker,) if marker else (INFO, MANIFEST), kind)
-    except DatasetError as e:
+    except OutputError as e:
         raise SynthesisError(str(e)) from None
     return Path(out)
 
@@ -706,7 +708,7 @@ def _npy_bytes(a: np.ndarray) -> bytes:
 def synthesize(cfg: SynthesisConfig) -> SynthesisResult:
     """Generate the dataset a spec describes; resumable, byte-identical to an uninterrupted run.
     One run at a time per output (a second fails at once, naming the lock)."""
-    from medti.data.dataset import output_lock
+    from medti.io import output_lock
 
     with output_lock(Path(cfg.out), "synth dataset"):
         return _synthesize(cfg)
@@ -715,7 +717,8 @@ def synthesize(cfg: SynthesisConfig) -> SynthesisResult:
 def _synthesize(cfg: SynthesisConfig) -> SynthesisResult:
     from tqdm.auto import tqdm
 
-    from medti.data.dataset import DatasetInfo, DatasetWriter, atomic_write_bytes, atomic_write_text
+    from medti.data.dataset import DatasetInfo, DatasetWriter
+    from medti.io import atomic_write_bytes, atomic_write_text
 
     t0 = time.time()
     spec = load_spec(Path(cfg.spec))

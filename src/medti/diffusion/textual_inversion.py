@@ -246,8 +246,8 @@ def _ckpt_dir(out: Path) -> Path:
 
 
 def _save_checkpoint(out: Path, step: int, param, optimizer, gen, fingerprint: str, losses: list[float]) -> Path:
-    from medti.data.dataset import atomic_write_bytes
     from medti.diffusion.embeddings import safetensors_bytes
+    from medti.io import atomic_write_bytes
 
     state = optimizer.state[param]
     tensors = {
@@ -483,7 +483,7 @@ def check_losses(pending, first_step: int | None = None) -> list[float]:
 def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
     """Train one concept embedding; write ``cfg.out_path()`` (+ checkpoints and a sample grid).
     One run at a time per output file (a second fails at once, naming the lock)."""
-    from medti.data.dataset import output_lock
+    from medti.io import output_lock
 
     with output_lock(cfg.out_path(), "embed train"):
         return _train_embedding(cfg)
