@@ -41,6 +41,7 @@ from medti.diffusion.guided import (
     check_guidance_rescale,
     check_guidance_threshold,
 )
+from medti.diffusion.sampler_settings import SamplerSettings
 
 SPEC_FORMAT = 1
 WORK_SUFFIX = ".synth-work"
@@ -71,24 +72,6 @@ def _device_dtype(device: str | None, precision: str):
     if precision == "auto":
         return dev, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return dev, {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-@dataclass
-class SamplerSettings:
-    """How every synth step samples (the :class:`~medti.diffusion.guided.GuidedSampler` options a user sets):
-    one set of fields for ``synth generate``, ``interpolate``, ``inpaint`` and a dataset spec's ``sampler:``."""
-
-    scheduler: str = "dpmpp"
-    steps: int = 30
-    guidance: float = 7.5
-    guidance_rescale: float = 0.0  # Lin et al.'s phi (diffusers' guidance_rescale); 0 = off
-    guidance_interval: tuple[float, float] = (0.0, 1.0)  # fractions of the steps that are guided
-    guidance_threshold: float = 0.0  # SEGA's edit threshold per guidance term; 0 = off (every term everywhere)
-    batch: int = 8
-    max_rows: int = 64
-
-    def sampler_kwargs(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(SamplerSettings)}
 
 
 def load_sampler(

@@ -1,0 +1,5 @@
+"""``python -m medti.cli``: the same as the ``medti`` console script."""
+
+from medti.cli import app
+
+app()
