@@ -20,6 +20,9 @@ app = typer.Typer(
 )
 app.command("demo")(demo.demo_cmd)
 
-# command groups, in the order `medti --help` lists them; a new group is a module with its own `app`, added here
-for group in (data, base, embed, synth):
-    app.add_typer(group.app, name=group.__name__.rsplit(".", 1)[-1])
+# command groups, in the order `medti --help` lists them: a new group is a module cli/<group>.py with its own
+# `app = typer.Typer(...)`, imported above and added here
+app.add_typer(data.app, name="data")
+app.add_typer(base.app, name="base")
+app.add_typer(embed.app, name="embed")
+app.add_typer(synth.app, name="synth")
