@@ -160,7 +160,8 @@ def run_reference(comps, paths, size, batch, steps, warmup, vectors, device, pre
     from diffusers import DDPMScheduler
     from PIL import Image
 
-    from medti.diffusion.textual_inversion import TEMPLATES, placeholder_tokens
+    from medti.diffusion.templates import TEMPLATES
+    from medti.diffusion.textual_inversion import placeholder_tokens
 
     acc = Accelerator(cpu=device == "cpu", mixed_precision=precision if precision in ("bf16", "fp16") else "no")
     wd = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)

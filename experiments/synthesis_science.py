@@ -329,7 +329,7 @@ Time: phantoms {secs['phantoms']:.0f} s; {times}.
 
 def caption(modality: str) -> str:
     """The modality's caption with no finding named (``axial prostate mri``): the inpainting control."""
-    from medti.diffusion.textual_inversion import TEMPLATES
+    from medti.diffusion.templates import TEMPLATES
 
     return TEMPLATES[modality][1].format("").rstrip(", ")
 
@@ -338,7 +338,7 @@ def wordings(template: str):
     """(prostate, CXR) functions: concept name -> prompt text, bare or in the modality caption textual
     inversion samples with (``TEMPLATES[modality][1]``, as ``experiments/ti_lesion_auc.py`` and
     ``medti embed`` samples do)."""
-    from medti.diffusion.textual_inversion import TEMPLATES
+    from medti.diffusion.templates import TEMPLATES
 
     return tuple(("{}" if template == "bare" else TEMPLATES[m][1]).format for m in ("prostate_mri", "cxr"))
 

@@ -48,12 +48,8 @@ def main() -> None:
     from medti.diffusion.embeddings import load_embedding
     from medti.diffusion.guided import GuidedSampler
     from medti.diffusion.sampling import grid_image, sample_embedding, save_grid
-    from medti.diffusion.textual_inversion import (
-        TEMPLATES,
-        EmbeddingConfig,
-        max_norm_arg,
-        train_embedding,
-    )
+    from medti.diffusion.templates import TEMPLATES
+    from medti.diffusion.textual_inversion import EmbeddingConfig, max_norm_arg, train_embedding
 
     ensure_embedded("tiny")
     size = SPECS["tiny"].image_size  # phantoms at the base's size, as textual inversion would otherwise resize them

@@ -263,7 +263,7 @@ def test_sampling_template_is_worded_as_the_phantom_captions(tmp_path, kind, mod
     import csv
 
     from medti.data.phantoms import PhantomConfig, generate_phantoms
-    from medti.diffusion.textual_inversion import TEMPLATES
+    from medti.diffusion.templates import TEMPLATES
 
     out = generate_phantoms(PhantomConfig(kind=kind, out=tmp_path / kind, n=6, seed=3)).out
     with open(out / "manifest.csv", newline="") as f:

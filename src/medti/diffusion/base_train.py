@@ -123,7 +123,7 @@ def train_vae(
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    from medti.diffusion.textual_inversion import encode_latent_cache
+    from medti.diffusion.latents import encode_latent_cache
 
     vae.to(device)
     f = 2 ** (len(vae.config.block_out_channels) - 1)  # pixels per latent
@@ -283,7 +283,7 @@ def train_base(cfg: BaseTrainConfig) -> BaseTrainResult:
         save_pipeline_dir,
         train_tokenizer,
     )
-    from medti.diffusion.textual_inversion import encode_latent_cache
+    from medti.diffusion.latents import encode_latent_cache
     from medti.io import check_output_dir
 
     quiet_libraries()

@@ -108,7 +108,7 @@ def sample_embedding(base_ref: str, embedding, n: int, seed: int, *, template: s
     """Images from an embedding file's concept in its modality's default template."""
     from medti.diffusion.base import load_base
     from medti.diffusion.embeddings import load_embedding, load_into
-    from medti.diffusion.textual_inversion import TEMPLATES
+    from medti.diffusion.templates import TEMPLATES
 
     base = load_base(base_ref)
     emb = load_embedding(embedding)

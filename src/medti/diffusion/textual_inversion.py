@@ -23,29 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from medti import __version__
+from medti.diffusion.latents import encode_latent_cache
+from medti.diffusion.templates import TEMPLATES
 
-#: Prompt templates a concept is trained with; ``[1]`` is the one samples and experiments use, so it is
-#: the modality's own caption prefix in the words a base was trained on (the phantom captions start
-#: "axial prostate mri, ..." and "frontal chest radiograph, ..."). A word the base never saw in a caption
-#: (the earlier "frontal chest x-ray") is a random direction the UNet never learned to read, and guidance
-#: against the plain caption amplifies it into artefacts.
-TEMPLATES: dict[str, list[str]] = {
-    "prostate_mri": [
-        "{}",
-        "axial prostate mri, {}",
-        "a t2 weighted adc dwi mri of {}",
-        "an image of {}",
-        "axial prostate mri of the pelvis, {}",
-    ],
-    "cxr": [
-        "{}",
-        "frontal chest radiograph, {}",
-        "a chest radiograph of {}",
-        "an image of {}",
-        "frontal chest x-ray radiograph, {}",
-    ],
-    "default": ["{}", "an image of {}", "a photo of {}"],
-}
 #: Modalities whose anatomy is (near) left-right symmetric, so a mirrored image is still plausible.
 FLIP_OK = {"prostate_mri"}
 #: Training reads its losses back (progress bar, NaN check) once per this many steps, not every step:
@@ -177,21 +157,6 @@ class VectorSubstitution:
 
     def remove(self) -> None:
         self.handle.remove()
-
-
-def encode_latent_cache(vae, images, *, batch: int = 16, dtype=None, device=None, progress: bool = False):
-    """Posterior mean and std of every image, computed once (images: float [N,3,H,W] in [-1,1])."""
-    import torch
-    from tqdm.auto import tqdm
-
-    means, stds = [], []
-    with torch.no_grad():
-        for i in tqdm(range(0, len(images), batch), desc="encode latents", disable=not progress, leave=False):
-            x = images[i : i + batch].to(device=device, dtype=dtype)
-            dist = vae.encode(x).latent_dist
-            means.append(dist.mean.float().cpu())
-            stds.append(dist.std.float().cpu())
-    return torch.cat(means), torch.cat(stds)
 
 
 def load_concept_images(cfg: EmbeddingConfig, size: int):
