@@ -308,6 +308,12 @@ def test_written_datasets_get_the_umask_permissions_not_private_temp_ones(tmp_pa
         ({"seed": -1}, "seed"),
         ({"split_fractions": (0.0, 0.0, 0.0)}, "split_fractions"),
         ({"split_fractions": (0.5, 0.5)}, "split_fractions"),
+        ({"preset": "faint"}, "preset='faint'"),
+        ({"lesion_contrast": (0.5, 0.2)}, "lesion_contrast"),
+        ({"lesion_contrast": (0.0, 0.2)}, "lesion_contrast"),
+        ({"lesion_size": (0.1, 0.5)}, "lesion_size"),
+        ({"mimic_strength": 2.0}, "mimic_strength"),
+        ({"kind": "cxr", "preset": "subtle"}, "prostate phantoms only"),
     ],
 )
 def test_bad_config_is_refused_before_anything_is_written(tmp_path, change, field):
@@ -315,3 +321,41 @@ def test_bad_config_is_refused_before_anything_is_written(tmp_path, change, fiel
     with pytest.raises(DatasetError, match=field):
         generate_phantoms(cfg)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_conspicuity_controls_make_lesions_fainter_and_smaller_and_are_recorded(tmp_path):
+    """The subtle preset draws lesions of a quarter of the contrast and 0.6x the size; the default keeps the
+    phantoms the synthesis checks are calibrated on; both are written to dataset.json."""
+    import json
+
+    from medti.data.phantoms import CONSPICUITY_PRESETS
+
+    def lesion_stats(conspicuity):
+        dwi_rise, area = [], []
+        for i in range(60):
+            case = prostate.make_case(np.random.default_rng([1, i]), np.random.default_rng([2, i]), 64, True,
+                                      conspicuity=conspicuity)
+            ring = ndimage.binary_dilation(case.lesion, iterations=3) & ~ndimage.binary_dilation(case.lesion)
+            dwi_rise.append(case.image[case.lesion, 2].mean() - case.image[ring & case.gland, 2].mean())
+            area.append(case.lesion.sum())
+        return np.mean(dwi_rise), np.mean(area)
+
+    rise, area = lesion_stats(CONSPICUITY_PRESETS["default"])
+    faint_rise, faint_area = lesion_stats(CONSPICUITY_PRESETS["subtle"])
+    assert faint_rise < 0.45 * rise and faint_area < 0.6 * area
+    no_mimics = prostate.make_case(np.random.default_rng([1, 3]), np.random.default_rng([2, 3]), 64, False,
+                                   conspicuity=prostate.Conspicuity(mimic_strength=0.0))
+    assert no_mimics.study.prostatitis is None or no_mimics.study.prostatitis["strength"] == 0.0
+
+    generate_phantoms(PhantomConfig(kind="prostate", out=tmp_path / "d", n=6))
+    generate_phantoms(PhantomConfig(kind="prostate", out=tmp_path / "s", n=6, preset="subtle", mimic_strength=0.5))
+    d = json.loads((tmp_path / "d" / "dataset.json").read_text())["extra"]["phantom"]
+    s = json.loads((tmp_path / "s" / "dataset.json").read_text())["extra"]["phantom"]
+    assert d["preset"] == "default" and d["conspicuity"] == {
+        "lesion_contrast": [0.7, 1.0], "lesion_size": [0.09, 0.18], "mimic_strength": 1.0}
+    assert s["preset"] == "subtle" and s["conspicuity"] == {
+        "lesion_contrast": [0.175, 0.25], "lesion_size": [0.054, 0.108], "mimic_strength": 0.5}
+    # the default images are the same as before the controls existed: the same draws, the same paint
+    default_img = (tmp_path / "d" / "images" / "prostate-000000.png").read_bytes()
+    generate_phantoms(PhantomConfig(kind="prostate", out=tmp_path / "d2", n=6, lesion_contrast=(0.7, 1.0)))
+    assert (tmp_path / "d2" / "images" / "prostate-000000.png").read_bytes() == default_img

@@ -34,10 +34,21 @@ def _split_fractions(text: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
-def _phantom(kind: str, out, n, size, seed, positive_fraction, unlabeled, splits, force):
+def _range(option: str, text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        fail(f"{option} {text!r}: expected two numbers LOW,HIGH like 0.175,0.25")
+    return lo, hi
+
+
+def _phantom(kind: str, out, n, size, seed, positive_fraction, unlabeled, splits, force, **conspicuity):
     from medti.data.phantoms import PhantomConfig, generate_phantoms
 
     cfg = PhantomConfig(
+        **conspicuity,
         kind=kind,
         out=out,
         n=n,
@@ -62,9 +73,24 @@ def phantom_prostate(
     unlabeled: Unlabeled = False,
     splits: Splits = "0.34,0.33,0.33",
     force: ForceDataset = False,
+    preset: Annotated[str, typer.Option(
+        "--preset", help="Lesion conspicuity: default (the synthesis checks' phantoms) | subtle (contrast x0.25, size "
+        "x0.6: the augmentation experiment's, where 200 cases leave a classifier room to improve).")] = "default",
+    lesion_contrast: Annotated[str | None, typer.Option(
+        "--lesion-contrast", help="LOW,HIGH: range of the lesion's opacity over the tissue, within (0, 1] "
+        "(default preset: 0.7,1).")] = None,
+    lesion_size: Annotated[str | None, typer.Option(
+        "--lesion-size", help="LOW,HIGH: range of the lesion semi-axis, fraction of the half field of view "
+        "(default preset: 0.09,0.18).")] = None,
+    mimic_strength: Annotated[float | None, typer.Option(
+        "--mimic-strength", help="Opacity of the benign mimics (prostatitis, TZ nodules), 0 = none, 1 = default.")]
+    = None,
 ):
-    """Prostate MRI phantoms: R=T2W, G=ADC, B=high-b DWI; csPCa lesions with masks."""
-    _phantom("prostate", out, n, size, seed, positive_fraction, unlabeled, splits, force)
+    """Prostate MRI phantoms: R=T2W, G=ADC, B=high-b DWI; csPCa lesions with masks. Lesion conspicuity is
+    recorded in dataset.json."""
+    _phantom("prostate", out, n, size, seed, positive_fraction, unlabeled, splits, force, preset=preset,
+             lesion_contrast=_range("--lesion-contrast", lesion_contrast),
+             lesion_size=_range("--lesion-size", lesion_size), mimic_strength=mimic_strength)
 
 
 @phantom_app.command("cxr")
