@@ -57,6 +57,9 @@ TAIL_COLUMNS = (
     "seed",
     "embedding_version",
 )
+#: Modalities whose anatomy is (near) left-right symmetric, so a mirrored image is still plausible (textual
+#: inversion and classifier augmentation mirror only these: a mirrored chest radiograph has its heart on the right).
+FLIP_OK = frozenset({"prostate_mri"})
 #: Columns that must be present whatever the findings are.
 REQUIRED_COLUMNS = LEAD_COLUMNS + ("path", "sha256", "source")
 

@@ -26,8 +26,6 @@ from medti import __version__
 from medti.diffusion.latents import encode_latent_cache
 from medti.diffusion.templates import TEMPLATES
 
-#: Modalities whose anatomy is (near) left-right symmetric, so a mirrored image is still plausible.
-FLIP_OK = {"prostate_mri"}
 #: Training reads its losses back (progress bar, NaN check) once per this many steps, not every step:
 #: a read waits for the GPU, and a step that waits cannot be queued while the previous one runs.
 LOSS_EVERY = 25
@@ -460,7 +458,7 @@ def _train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
     from tqdm.auto import tqdm
 
     from medti._quiet import quiet_libraries
-    from medti.data.dataset import DatasetError
+    from medti.data.dataset import FLIP_OK, DatasetError
     from medti.diffusion.base import load_base
     from medti.diffusion.embeddings import Embedding, check_save_path, save_embedding, token_for
 
