@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from medti.cli import base, data, demo, embed, synth
+from medti.cli import base, classify, data, demo, embed, experiment, synth
 
 app = typer.Typer(
     help="medti: textual inversion for medical imaging. Learn concept embeddings for a frozen "
@@ -26,3 +26,5 @@ app.add_typer(data.app, name="data")
 app.add_typer(base.app, name="base")
 app.add_typer(embed.app, name="embed")
 app.add_typer(synth.app, name="synth")
+app.add_typer(classify.app, name="classify")
+app.add_typer(experiment.app, name="experiment")

@@ -30,12 +30,15 @@ def run(fn, cfg, interrupted: str = INTERRUPTED):
     """Call a library step; turn a user-facing error into a clean message and exit code, and Ctrl-C
     into one line saying what was kept and how to continue (exit code 130, as shells report SIGINT)."""
     # these modules import nothing heavy at their top level
+    from medti.classify import ClassifierError
     from medti.diffusion.base import BaseModelError
     from medti.diffusion.embeddings import EmbeddingError
     from medti.diffusion.textual_inversion import TrainingError
+    from medti.experiment import ExperimentError
     from medti.io import OutputError  # DatasetError and SynthesisError are OutputErrors too
 
-    user_errors = (OutputError, BaseModelError, EmbeddingError, TrainingError, FileNotFoundError, FileExistsError)
+    user_errors = (OutputError, BaseModelError, EmbeddingError, TrainingError, ClassifierError, ExperimentError,
+                   FileNotFoundError, FileExistsError)
     try:
         return fn(cfg)
     except user_errors as e:
