@@ -21,7 +21,6 @@ section; a test keeps that example loadable.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import io
 import json
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from medti._config import refuse_unknown
 from medti.diffusion.guided import (
     SCHEDULERS,
     SynthesisError,
@@ -481,11 +481,7 @@ _CLASS_KEYS = {"name", "prompt", "count", "labels", "negative"}
 
 
 def _unknown(where: str, keys, allowed: set[str]) -> None:
-    for k in keys:
-        if k not in allowed:
-            close = difflib.get_close_matches(str(k), sorted(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SynthesisError(f"{where}: unknown key {k!r}{hint}; allowed: {', '.join(sorted(allowed))}")
+    refuse_unknown(where, keys, allowed, SynthesisError)
 
 
 def _check_out(out, overwrite: bool, marker: str | None = None, kind: str = "medti dataset dir") -> Path:
