@@ -52,7 +52,7 @@ def make_data(out: Path) -> Path:
 
 # ----------------------------------------------------------------------------- medti side
 class MedtiLoop:
-    """The per-step body of ``medti.classify.train._train`` (batch from (seed, step), augment, lr, step, loss read)."""
+    """medti's training step: :func:`medti.classify.train.draw_batch` and ``optimizer_step``, as ``_train`` calls them."""
 
     def __init__(self, data: Path, batch: int):
         import torch
@@ -79,32 +79,19 @@ class MedtiLoop:
 
     def batch(self):
         """The augmented batch of the next step, and its labels."""
-        import numpy as np
-        import torch
+        from medti.classify.train import draw_batch
 
-        from medti.classify.augment import augment_batch
-
-        rng = np.random.default_rng([self.cfg.seed, self.step_no])
-        idx = torch.from_numpy(rng.integers(0, self.n, self.cfg.batch))
-        x = self.images.index_select(0, idx).float().div_(255.0)
-        x = augment_batch(self.aug, x, seed=int(rng.integers(0, 2**31 - 1)))
+        x, y = draw_batch(self.images, self.labels, self.aug, self.cfg.seed, self.step_no, self.cfg.batch)
         self.step_no += 1
-        return x, self.labels.index_select(0, idx)
+        return x, y
 
     def step(self) -> None:
-        from medti.classify.train import lr_at
+        from medti.classify.train import lr_at, optimizer_step
 
         x, y = self.batch()
-        for g in self.opt.param_groups:
-            g["lr"] = lr_at(self.step_no - 1, self.cfg)
-        loss = self.loss_fn(self.model.logits(x), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        float(loss.detach())
+        optimizer_step(self.model, self.opt, self.loss_fn, x, y, lr_at(self.step_no - 1, self.cfg))
 
 
-# ----------------------------------------------------------------------------- reference side
 def _remap_bilinear(img, mx, my):
     """``img`` (H x W x C float) sampled at (my, mx) with bilinear weights; outside the image reads 0 (cv2.remap)."""
     import numpy as np

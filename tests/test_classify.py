@@ -84,33 +84,33 @@ def test_a_killed_run_continues_from_its_checkpoint_and_ends_with_the_same_bytes
         "from pathlib import Path\n"
         "from medti.classify.train import ClassifierConfig, train_classifier\n"
         f"train_classifier(ClassifierConfig(train=[Path({str(prostate)!r})], val=Path({str(prostate)!r}), "
-        f"targets=['csPCa'], out=Path({str(out)!r}), seed=1, steps=200, batch=8, eval_every=20, checkpoint_every=2, "
+        f"targets=['csPCa'], out=Path({str(out)!r}), seed=1, steps=60, batch=8, eval_every=20, checkpoint_every=10, "
         "progress=False))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpts = tmp_path / ".killed.checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and not list(ckpts.glob("step-*.safetensors")) and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(1.0)  # a few more steps
-    proc.send_signal(signal.SIGKILL)
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # at its first checkpoint (step 10 of 60)
     proc.wait()
     left = sorted(ckpts.glob("step-*.safetensors"))
     assert left, proc.stderr.read().decode()[-2000:]
     assert not out.exists()  # nothing half-written
     killed_at = int(left[-1].stem.split("-")[1])
-    assert killed_at < 200
+    assert killed_at < 60
 
     # continuing needs the same settings; a run with fewer steps is told so and nothing is lost
     with pytest.raises(ClassifierError, match="other settings"):
-        _train(prostate, out, steps=300, eval_every=20)
+        _train(prostate, out, steps=80, eval_every=20, checkpoint_every=10)
     assert sorted(ckpts.glob("step-*.safetensors")) == left
     # the same settings continue from the last checkpoint
-    res = _train(prostate, out, steps=200, eval_every=20)
+    res = _train(prostate, out, steps=60, eval_every=20, checkpoint_every=10)
     assert res.resumed_from == killed_at
     whole = tmp_path / "whole"
-    _train(prostate, whole, steps=200, eval_every=20)
-    assert (out / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+    _train(prostate, whole, steps=60, eval_every=20, checkpoint_every=10)
+    for name in ("model.safetensors", "curves.csv", "classifier.json"):
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
 
 
 # ----------------------------------------------------------------------------- evaluation, metrics
@@ -278,3 +278,27 @@ def test_a_file_that_is_not_a_medti_classifier_is_refused(prostate, tmp_path):
     with pytest.raises(ClassifierError, match="foreign.onnx: an ONNX model, but not a medti classifier"):
         predict(PredictConfig(model=foreign, data=prostate, out=tmp_path / "p.csv"))
     assert not (tmp_path / "p.csv").exists()
+
+
+# ----------------------------------------------------------------------------- command line
+def test_the_classify_commands_train_evaluate_export_and_predict(prostate, trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from medti.cli import app
+
+    cli = CliRunner()
+    model, _ = trained
+    r = cli.invoke(app, ["classify", "train", "--train", str(prostate), "--val", str(prostate), "--target", "nope",
+                         "--out", str(tmp_path / "m")])
+    assert r.exit_code == 1 and "error:" in r.output and "'nope'" in r.output and not (tmp_path / "m").exists()
+    r = cli.invoke(app, ["classify", "evaluate", "--model", str(model), "--test", str(prostate), "--out",
+                         str(tmp_path / "e"), "--bootstrap", "100"])
+    assert r.exit_code == 0, r.output
+    assert "csPCa: AUC" in r.output and "95 % CI" in r.output and (tmp_path / "e" / "roc.png").is_file()
+    r = cli.invoke(app, ["classify", "export", "--model", str(model), "--out", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 0, r.output
+    r = cli.invoke(app, ["classify", "predict", "--model", str(tmp_path / "m.onnx"), "--data", str(prostate),
+                         "--out", str(tmp_path / "p.csv"), "--split", "test"])
+    assert r.exit_code == 0 and "onnxruntime" in r.output, r.output
+    n_test = sum(1 for row in read_manifest(prostate) if row["split"] == "test")
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == n_test + 1

@@ -173,3 +173,19 @@ def test_a_second_run_reuses_everything_and_a_changed_setting_reruns_only_what_d
     res = run_plan(RunConfig(experiment=changed, out=root))
     assert all(t.startswith(("train-", "evaluate-", "summary")) for t in res.ran)
     assert "synthesize-c4" in res.reused and "embed-c4-healthy" in res.reused
+
+
+def test_the_experiment_commands_print_the_plan_and_refuse_a_bad_config(tmp_path):
+    from typer.testing import CliRunner
+
+    from medti.cli import app
+
+    cli = CliRunner()
+    r = cli.invoke(app, ["experiment", "plan", "--quick"])
+    assert r.exit_code == 0, r.output
+    assert "synthesize-c100" in r.output and "train-oracle-real-2000-s1" in r.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("classifier: {stepz: 3}\n")
+    r = cli.invoke(app, ["experiment", "augment", "--config", str(bad), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "unknown key 'stepz'" in r.output and str(bad) in r.output
+    assert not (tmp_path / "x").exists()

@@ -108,11 +108,13 @@ def _parity(model, path: Path, h: int, w: int) -> float:
     return float(np.abs(ref - got).max())
 
 
-def _session(path: Path):
+def _session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -144,9 +146,10 @@ def read_onnx_meta(path: Path) -> dict[str, Any]:
 
 
 class Predictor:
-    """Probabilities from a classifier dir (torch) or an exported ``.onnx`` (onnxruntime)."""
+    """Probabilities from a classifier dir (torch) or an exported ``.onnx`` (onnxruntime); ``threads`` sets
+    onnxruntime's intra-op threads (default: one per physical core)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int | None = None):
         path = Path(path)
         self.path = path
         if path.is_dir():
@@ -157,7 +160,7 @@ class Predictor:
             self.backend = "torch"
         elif path.is_file():
             self.meta = read_onnx_meta(path)
-            self.session = _session(path)
+            self.session = _session(path, threads)
             self.model = None
             self.backend = "onnxruntime"
         else:
@@ -180,8 +183,8 @@ class Predictor:
         return np.concatenate(out).astype(np.float64)
 
 
-def open_predictor(path: Path) -> Predictor:
-    return Predictor(path)
+def open_predictor(path: Path, threads: int | None = None) -> Predictor:
+    return Predictor(path, threads)
 
 
 # ----------------------------------------------------------------------------- predict step

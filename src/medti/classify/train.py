@@ -174,7 +174,9 @@ def train_classifier(cfg: ClassifierConfig) -> ClassifierResult:
 
     _check_config(cfg)
     _check_output(cfg)
-    with output_lock(Path(cfg.out), "classify train"):
+    from medti._threads import torch_threads
+
+    with output_lock(Path(cfg.out), "classify train"), torch_threads(cfg.threads):
         return _train(cfg)
 
 
@@ -214,17 +216,41 @@ def _val_auc(model, val) -> float:
     return float(np.mean([auc(val.labels[:, j], p[:, j]) for j in range(len(val.targets))]))
 
 
+def draw_batch(images, labels, aug, seed: int, step: int, batch: int):
+    """The batch of ``step``: cases drawn with replacement by a generator seeded with (seed, step), scaled to
+    [0, 1] and augmented with a seed drawn from the same generator, so a resumed run draws what it would have."""
+    import torch
+
+    from medti.classify.augment import augment_batch
+
+    rng = np.random.default_rng([seed, step])
+    idx = torch.from_numpy(rng.integers(0, len(images), batch))
+    x = images.index_select(0, idx).float().div_(255.0)
+    if aug is not None:
+        x = augment_batch(aug, x, seed=int(rng.integers(0, 2**31 - 1)))
+    return x, labels.index_select(0, idx)
+
+
+def optimizer_step(model, opt, loss_fn, x, y, lr: float) -> float:
+    """One AdamW step at learning rate ``lr``; the batch's loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss = loss_fn(model.logits(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
 def _train(cfg: ClassifierConfig) -> ClassifierResult:
     import torch
     from tqdm.auto import tqdm
 
-    from medti.classify.augment import augment_batch, build_augment
+    from medti.classify.augment import build_augment
     from medti.classify.model import build_resnet, probability_model
 
     t0 = time.time()
     spec, train, val, versions = _inputs(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     fingerprint = _fingerprint(cfg, versions)
     ckpts = _ckpt_dir(cfg.out)
     if cfg.restart and ckpts.exists():
@@ -243,6 +269,7 @@ def _train(cfg: ClassifierConfig) -> ClassifierResult:
     if existing:
         start, best_state, meta = _load_checkpoint(existing[-1], model, opt, fingerprint)
         best_auc, best_step, curves = meta["best_auc"], meta["best_step"], meta["curves"]
+    running = meta["running"] if existing else None  # the smoothed loss the progress bar and curves show
     resumed_from = start
 
     # 4. Train: per-step batch and augmentation from (seed, step), best validation AUC kept
@@ -250,20 +277,9 @@ def _train(cfg: ClassifierConfig) -> ClassifierResult:
     labels = torch.from_numpy(train.labels)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="classify train", unit="step",
                disable=None if cfg.progress else True)
-    running = None
     for step in bar:
-        rng = np.random.default_rng([cfg.seed, step])
-        idx = torch.from_numpy(rng.integers(0, len(train), cfg.batch))
-        x = images.index_select(0, idx).float().div_(255.0)
-        if aug is not None:
-            x = augment_batch(aug, x, seed=int(rng.integers(0, 2**31 - 1)))
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        loss = loss_fn(model.logits(x), labels.index_select(0, idx))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        value = float(loss.detach())
+        x, y = draw_batch(images, labels, aug, cfg.seed, step, cfg.batch)
+        value = optimizer_step(model, opt, loss_fn, x, y, lr_at(step, cfg))
         running = value if running is None else 0.9 * running + 0.1 * value
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
@@ -274,7 +290,8 @@ def _train(cfg: ClassifierConfig) -> ClassifierResult:
                 best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
             bar.set_postfix(loss=f"{running:.3f}", val_auc=f"{v:.3f}", best=f"{best_auc:.3f}")
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            meta = {"fingerprint": fingerprint, "best_auc": best_auc, "best_step": best_step, "curves": curves}
+            meta = {"fingerprint": fingerprint, "best_auc": best_auc, "best_step": best_step, "curves": curves,
+                    "running": running}
             _save_checkpoint(ckpts, done, model, best_state, opt, meta)
     bar.close()
 

@@ -76,10 +76,11 @@ def read_record(root: Path, task_id: str) -> dict[str, Any] | None:
 
 def run_plan(cfg: RunConfig) -> RunResult:
     """Run (or continue) the experiment; one run per experiment dir at a time."""
+    from medti._threads import torch_threads
     from medti.io import output_lock
 
     root = Path(cfg.out)
-    with output_lock(root, "experiment"):
+    with output_lock(root, "experiment"), torch_threads(cfg.threads):
         return _run(cfg, root)
 
 
@@ -90,10 +91,6 @@ def _run(cfg: RunConfig, root: Path) -> RunResult:
     from medti.io import atomic_write_text
 
     t0 = time.time()
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
     plan = make_plan(cfg.experiment)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / CONFIG_YAML, yaml.safe_dump(cfg.experiment.to_dict(), sort_keys=False))
