@@ -316,7 +316,7 @@ def main() -> None:
         onnx_path = export_onnx(ExportConfig(model=model_dir, out=Path(tmp) / "classifier.onnx")).out
         images = load_cases([data], None, [TARGET], role="benchmark").images
         before = threads_now()
-        onnx_pred = open_predictor(onnx_path)  # the Predictor takes no thread setting: onnxruntime's default
+        onnx_pred = open_predictor(onnx_path)  # onnxruntime's default threads (one per physical core)
         ort_pool = threads_now() - before  # intra-op pool threads it started; the calling thread is one more
         torch_pred = open_predictor(model_dir)
         intra = onnx_pred.session.get_session_options().intra_op_num_threads
@@ -344,7 +344,7 @@ def main() -> None:
         ort_threads = f"{intra} (set in the session options)"
     else:
         ort_threads = (f"{ort_pool + 1} = onnxruntime's default, one per physical core ({ort_pool} pool thread(s) "
-                       "seen starting with the session + the calling thread; `open_predictor` takes no thread setting)")
+                       "seen starting with the session + the calling thread)")
     cmd = "python benchmarks/bench_classifier.py"
     for flag, val, default in (("--rounds", args.rounds, 3), ("--steps", args.steps, 20), ("--batch", args.batch, 32),
                                ("--workers", args.workers, 0), ("--infer-batch", args.infer_batch, 64),
