@@ -62,14 +62,14 @@ class EvaluateResult:
 def evaluate_classifier(cfg: EvaluateConfig) -> EvaluateResult:
     from medti.classify.data import check_dirs, load_cases
     from medti.classify.metrics import target_metrics
-    from medti.classify.onnx import _spec, open_predictor, predictions_csv
+    from medti.classify.onnx import open_predictor, predictions_csv
     from medti.data.versions import content_version
     from medti.io import check_output_dir, replace_dir, temp_dir_for
 
     # 1. Check inputs and the output before any work
     check_output_dir(Path(cfg.out), cfg.overwrite, (METRICS_JSON,), "medti evaluation dir")
     pred = open_predictor(Path(cfg.model))
-    check_dirs([cfg.test], pred.targets, role="test", expect=_spec(pred.meta), min_per_class=1 if cfg.validate else None)
+    check_dirs([cfg.test], pred.targets, role="test", expect=pred.image_spec, min_per_class=1 if cfg.validate else None)
     cases = load_cases([cfg.test], cfg.split, pred.targets, role="test", need_both_classes=True)
 
     # 2. Predict and measure

@@ -167,6 +167,14 @@ class Predictor:
             raise ClassifierError(f"model {path}: no such classifier dir or .onnx file")
         self.targets: list[str] = list(self.meta["targets"])
 
+    @property
+    def image_spec(self):
+        """What an input image is (modality, channels, size), as the classifier recorded it."""
+        from medti.classify.data import ImageSpec
+
+        m = self.meta
+        return ImageSpec(m["modality"], tuple(m["channels"]), tuple(m["image_size"]))
+
     def __call__(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
         """Probabilities (N x targets) for uint8 images N x 3 x H x W."""
         h, w = self.meta["image_size"]
@@ -216,17 +224,11 @@ def predict(cfg: PredictConfig) -> PredictResult:
     if out.exists() and not cfg.overwrite:
         raise ClassifierError(f"output {out} already exists (replace it with overwrite / --force)")
     pred = open_predictor(Path(cfg.model))
-    check_dirs([cfg.data], pred.targets, role="prediction", expect=_spec(pred.meta))
+    check_dirs([cfg.data], pred.targets, role="prediction", expect=pred.image_spec)
     cases = load_cases([cfg.data], cfg.split, pred.targets, role="prediction")
     p = pred(cases.images)
     atomic_write_text(out, predictions_csv(cases, p))
     return PredictResult(out, len(cases), pred.backend)
-
-
-def _spec(meta: dict[str, Any]):
-    from medti.classify.data import ImageSpec
-
-    return ImageSpec(meta["modality"], tuple(meta["channels"]), tuple(meta["image_size"]))
 
 
 def predictions_csv(cases, p: np.ndarray) -> str:

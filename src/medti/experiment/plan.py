@@ -42,8 +42,9 @@ class Plan:
     tasks: list[Task] = field(default_factory=list)
 
     def add(self, task: Task) -> Task:
-        if any(t.id == task.id for t in self.tasks):
-            return task  # shared work: the first definition stands
+        for t in self.tasks:
+            if t.id == task.id:
+                return t  # shared work: the first definition stands, and is what the caller builds on
         unknown = [n for n in task.needs if not any(t.id == n for t in self.tasks)]
         assert not unknown, f"task {task.id} needs {unknown}, not planned before it"
         self.tasks.append(task)
