@@ -28,3 +28,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 (sqlite backend, local artifact dir) for the session:
+    (URI, the artifact dir it writes)."""
+    from servers import tracking_server
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with tracking_server(root) as uri:
+        yield uri, root / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_store):
+    """The URI of the session's real ``mlflow server``."""
+    return mlflow_store[0]

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from medti import __version__
+from medti import Report, __version__
 from medti.classify import ClassifierError
 from medti.classify.model import CLASSIFIER_JSON, KIND, MEAN, STD
 
@@ -168,8 +168,9 @@ def _load_checkpoint(path: Path, model, opt, fingerprint: str):
 
 
 # ----------------------------------------------------------------------------- the step
-def train_classifier(cfg: ClassifierConfig) -> ClassifierResult:
-    """Train, keep the best validation AUC, write the classifier dir. One run per output at a time."""
+def train_classifier(cfg: ClassifierConfig, report: Report | None = None) -> ClassifierResult:
+    """Train, keep the best validation AUC, write the classifier dir. One run per output at a time.
+    ``report(step, {"loss": x, "val_auc": y})``, when given, is called at every validation."""
     from medti.io import output_lock
 
     _check_config(cfg)
@@ -177,7 +178,7 @@ def train_classifier(cfg: ClassifierConfig) -> ClassifierResult:
     from medti._threads import torch_threads
 
     with output_lock(Path(cfg.out), "classify train"), torch_threads(cfg.threads):
-        return _train(cfg)
+        return _train(cfg, report)
 
 
 def _inputs(cfg: ClassifierConfig):
@@ -242,7 +243,7 @@ def optimizer_step(model, opt, loss_fn, x, y, lr: float) -> float:
     return float(loss.detach())
 
 
-def _train(cfg: ClassifierConfig) -> ClassifierResult:
+def _train(cfg: ClassifierConfig, report: Report | None = None) -> ClassifierResult:
     import torch
     from tqdm.auto import tqdm
 
@@ -285,6 +286,8 @@ def _train(cfg: ClassifierConfig) -> ClassifierResult:
         if done % cfg.eval_every == 0 or done == cfg.steps:
             v = _val_auc(model, val)
             curves.append({"step": done, "loss": round(running, 6), "val_auc": round(v, 6)})
+            if report is not None:
+                report(done, {"loss": running, "val_auc": v})
             if v > best_auc:
                 best_auc, best_step = v, done
                 best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}

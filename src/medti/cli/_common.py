@@ -7,6 +7,9 @@ this one, and ``medti --help`` loads them all.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -39,12 +42,57 @@ def run(fn, cfg, interrupted: str = INTERRUPTED):
 
     user_errors = (OutputError, BaseModelError, EmbeddingError, TrainingError, ClassifierError, ExperimentError,
                    FileNotFoundError, FileExistsError)
+    tracking = _tracking() if dataclasses.is_dataclass(cfg) else None
     try:
-        return fn(cfg)
+        if tracking is None:
+            return fn(cfg)
+        return _tracked(fn, cfg, tracking)
     except user_errors as e:
         fail(str(e))
     except KeyboardInterrupt:
         fail(interrupted, code=130)
+
+
+#: what the root command's options say about tracking (set by the app's callback on every invocation)
+TRACKING_OPTIONS: ContextVar[dict[str, str | None] | None] = ContextVar("medti_tracking_options", default=None)
+
+
+def _tracking():
+    """The MLflow run context the command line configures (``--tracking-uri`` or the environment), or None."""
+    obj = TRACKING_OPTIONS.get() or {}
+    uri = obj.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return None
+    from medti.tracking.context import RunContext
+
+    return RunContext.from_env(uri, obj.get("experiment"), obj.get("parent_run_id"))
+
+
+def registry_context():
+    """The run context registry commands use: the configured tracking store, or the local one."""
+    from medti.tracking.context import LOCAL, RunContext
+
+    obj = TRACKING_OPTIONS.get() or {}
+    return RunContext.from_env(obj.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or LOCAL,
+                               obj.get("experiment"), obj.get("parent_run_id"))
+
+
+def _tracked(fn, cfg, tracking):
+    """``fn(cfg)`` as a tracked MLflow run; says on stderr where the run is. A tracking store that cannot be
+    reached fails before the step starts, naming the URI."""
+    from medti.tracking import TrackingError
+    from medti.tracking.run import tracked
+
+    try:
+        out = tracked(fn, cfg, run=tracking)
+    except TrackingError as e:
+        fail(str(e))
+    except Exception as e:  # noqa: BLE001 - only MLflow's own errors reach here unwrapped
+        if type(e).__module__.startswith(("mlflow", "requests", "urllib3", "sqlalchemy")):
+            fail(f"MLflow tracking at {tracking.uri}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        raise
+    typer.echo(f"mlflow run {out.run_id} (experiment {tracking.experiment!r} at {tracking.uri})", err=True)
+    return out.result
 
 
 # ----------------------------------------------------------------------------- option aliases

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medti import __version__
+from medti import Report, __version__
 from medti.diffusion.latents import encode_latent_cache
 from medti.diffusion.templates import TEMPLATES
 
@@ -443,16 +443,17 @@ def check_losses(pending, first_step: int | None = None) -> list[float]:
 
 
 # ----------------------------------------------------------------------------- the step
-def train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
+def train_embedding(cfg: EmbeddingConfig, report: Report | None = None) -> EmbeddingResult:
     """Train one concept embedding; write ``cfg.out_path()`` (+ checkpoints and a sample grid).
-    One run at a time per output file (a second fails at once, naming the lock)."""
+    One run at a time per output file (a second fails at once, naming the lock). ``report(step, {"loss": x})``,
+    when given, is called with the mean loss of every ``LOSS_EVERY`` steps as they are read back."""
     from medti.io import output_lock
 
     with output_lock(cfg.out_path(), "embed train"):
-        return _train_embedding(cfg)
+        return _train_embedding(cfg, report)
 
 
-def _train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
+def _train_embedding(cfg: EmbeddingConfig, report: Report | None = None) -> EmbeddingResult:
     import torch
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -543,10 +544,13 @@ def _train_embedding(cfg: EmbeddingConfig) -> EmbeddingResult:
         sample = bool(cfg.sample_every and done % cfg.sample_every == 0 and done < cfg.steps)
         if len(pending) >= LOSS_EVERY or checkpoint or sample or done == end:
             try:
-                losses.extend(check_losses(pending, first_step=done - len(pending) + 1))
+                read = check_losses(pending, first_step=done - len(pending) + 1)
             except TrainingError as e:
                 hook.remove()
                 raise TrainingError(f"precision {precision}: {e}") from e
+            losses.extend(read)
+            if report is not None:
+                report(done, {"loss": sum(read) / len(read)})
             pending = []
             last_loss = losses[-1]
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medti import Report
 from medti.experiment import ExperimentError
 from medti.experiment.config import ExperimentConfig
 from medti.experiment.plan import Plan, Task, make_plan
@@ -33,6 +34,9 @@ class RunConfig:
     #: called with (task index, task count, task, "start" | "reused" | "done", result or None)
     on_task: Callable[[int, int, Task, str, dict | None], None] | None = None
     threads: int | None = None  # torch CPU threads for the whole run
+    #: how each task's step is called: ``call_task(task, go)`` must return ``go(report)`` (``report`` a curve
+    #: callback or None). None calls ``go(None)``. Tracking passes one that runs each task as a child MLflow run.
+    call_task: Callable[[Task, Callable[[Report | None], dict]], dict] | None = None
 
 
 @dataclass
@@ -110,7 +114,10 @@ def _run(cfg: RunConfig, root: Path) -> RunResult:
         fn = STEP_FUNCTIONS.get(task.step)
         if fn is None:
             raise ExperimentError(f"task {task.id}: unknown step {task.step!r}")
-        result = fn(task.config, root)
+        def go(report: Report | None, fn=fn, task=task) -> dict:
+            return fn(task.config, root, report=report)
+
+        result = cfg.call_task(task, go) if cfg.call_task else go(None)
         record = {"id": task.id, "step": task.step, "key": keys[task.id], "seconds": round(time.time() - started, 1),
                   "row": task.row, "seed": task.seed, "result": result}
         atomic_write_text(_record(root, task.id), json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")

@@ -1,8 +1,9 @@
 """The step each plan task names: build the library step's config from the task's JSON, call it, return plain
 figures. Nothing here re-implements a step; both executors (the local runner, the Kubeflow pipeline) call these.
 
-Every function takes (task config, experiment dir) and returns a JSON-able dict; paths in the config are
-relative to the experiment dir (or absolute: a user's dataset dir).
+Every function takes (task config, experiment dir, report) and returns a JSON-able dict; paths in the config are
+relative to the experiment dir (or absolute: a user's dataset dir). ``report`` is the training steps' curve
+callback (:data:`medti.Report`), passed on to them and unused by the others.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from medti import Report
+
 
 def _p(root: Path, rel: str) -> Path:
     p = Path(rel)
     return p if p.is_absolute() else root / p
 
 
-def phantom(c: dict[str, Any], root: Path) -> dict[str, Any]:
+def phantom(c: dict[str, Any], root: Path, report: Report | None = None) -> dict[str, Any]:
     from medti.data.phantoms import PhantomConfig, generate_phantoms
 
     res = generate_phantoms(PhantomConfig(
@@ -27,7 +30,7 @@ def phantom(c: dict[str, Any], root: Path) -> dict[str, Any]:
     return {"cases": res.n, **res.counts}
 
 
-def validate(c: dict[str, Any], root: Path) -> dict[str, Any]:
+def validate(c: dict[str, Any], root: Path, report: Report | None = None) -> dict[str, Any]:
     from medti.data.dataset import DatasetError
     from medti.data.validate import ValidateConfig, validate_dataset
 
@@ -37,7 +40,7 @@ def validate(c: dict[str, Any], root: Path) -> dict[str, Any]:
     return {"cases": res.n_rows, "rules": len(res.rules)}
 
 
-def subset(c: dict[str, Any], root: Path) -> dict[str, Any]:
+def subset(c: dict[str, Any], root: Path, report: Report | None = None) -> dict[str, Any]:
     from medti.data.subset import SubsetConfig, subset_dataset
 
     res = subset_dataset(SubsetConfig(data=_p(root, c["data"]), out=_p(root, c["out"]), n=c["n"], split=c["split"],
@@ -45,7 +48,7 @@ def subset(c: dict[str, Any], root: Path) -> dict[str, Any]:
     return {"cases": res.n, "positives": res.positives}
 
 
-def train_embedding(c: dict[str, Any], root: Path) -> dict[str, Any]:
+def train_embedding(c: dict[str, Any], root: Path, report: Report | None = None) -> dict[str, Any]:
     from medti.diffusion.textual_inversion import EmbeddingConfig
     from medti.diffusion.textual_inversion import train_embedding as step
 
@@ -53,11 +56,11 @@ def train_embedding(c: dict[str, Any], root: Path) -> dict[str, Any]:
     res = step(EmbeddingConfig(
         data=_p(root, c["data"]), out=_p(root, c["out"]), resume=True, overwrite=True,
         min_per_class=1, **{k: c[k] for k in keys},
-    ))
+    ), report=report)
     return {"final_loss": res.final_loss, "images": res.n_images, "seconds": res.seconds}
 
 
-def synthesize(c: dict[str, Any], root: Path) -> dict[str, Any]:
+def synthesize(c: dict[str, Any], root: Path, report: Report | None = None) -> dict[str, Any]:
     """A synthetic-dataset spec (half the images of each class) written beside the output, then the step."""
     import yaml
 
@@ -90,7 +93,7 @@ def synthesize(c: dict[str, Any], root: Path) -> dict[str, Any]:
     return {"images": res.n, "images_per_s": res.images_per_s, "seconds": res.seconds}
 
 
-def train_classifier(c: dict[str, Any], root: Path) -> dict[str, Any]:
+def train_classifier(c: dict[str, Any], root: Path, report: Report | None = None) -> dict[str, Any]:
     from medti.classify.train import ClassifierConfig
     from medti.classify.train import train_classifier as step
 
@@ -98,11 +101,11 @@ def train_classifier(c: dict[str, Any], root: Path) -> dict[str, Any]:
     res = step(ClassifierConfig(
         train=[_p(root, d) for d in c["train"]], val=_p(root, c["val"]), out=_p(root, c["out"]),
         validate=False, overwrite=True, progress=False, **{k: c[k] for k in keys},
-    ))
+    ), report=report)
     return {"val_auc": res.val_auc, "best_step": res.best_step, "train_images": res.n_train, "seconds": res.seconds}
 
 
-def evaluate(c: dict[str, Any], root: Path) -> dict[str, Any]:
+def evaluate(c: dict[str, Any], root: Path, report: Report | None = None) -> dict[str, Any]:
     from medti.classify.evaluate import EvaluateConfig, evaluate_classifier
 
     res = evaluate_classifier(EvaluateConfig(model=_p(root, c["model"]), test=_p(root, c["test"]),
@@ -110,13 +113,13 @@ def evaluate(c: dict[str, Any], root: Path) -> dict[str, Any]:
     return {"auc": res.auc, "metrics": res.metrics}
 
 
-def summary(c: dict[str, Any], root: Path) -> dict[str, Any]:
+def summary(c: dict[str, Any], root: Path, report: Report | None = None) -> dict[str, Any]:
     from medti.experiment.summary import write_summary
 
     return write_summary(root)
 
 
-STEP_FUNCTIONS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {
+STEP_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "phantom": phantom,
     "validate": validate,
     "subset": subset,
