@@ -60,3 +60,14 @@ def write_section(name: str, body: str, doc: Path = DOC) -> None:
     tmp = doc.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(doc)
+
+
+def interleave(sides: dict, rounds: int, per_round: int, unit: str, label: str) -> dict[str, list[float]]:
+    """Rates (``per_round`` / seconds) of every side per round; the first side alternates between rounds."""
+    names = list(sides)
+    rates: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            rates[name].append(per_round / sides[name]())
+            print(f"{label} round {r + 1}: {name:12s} {rates[name][-1]:8.1f} {unit}", flush=True)
+    return rates

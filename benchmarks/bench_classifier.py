@@ -241,17 +241,6 @@ def time_predict(pred, images, batch: int) -> float:
     return time.perf_counter() - t
 
 
-def interleave(sides: dict, rounds: int, per_round: int, unit: str, label: str) -> dict[str, list[float]]:
-    """Rates (``per_round`` / seconds) of every side per round; the first side alternates between rounds."""
-    names = list(sides)
-    rates: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            rates[name].append(per_round / sides[name]())
-            print(f"{label} round {r + 1}: {name:12s} {rates[name][-1]:8.1f} {unit}", flush=True)
-    return rates
-
-
 def threads_now() -> int:
     return len(os.listdir("/proc/self/task"))
 
@@ -286,7 +275,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from _report import machine, write_section
+    from _report import interleave, machine, write_section
     from medti._quiet import quiet_libraries
     from medti.classify.data import load_cases
     from medti.classify.onnx import ExportConfig, export_onnx, open_predictor

@@ -71,6 +71,7 @@ def model_server(model_uri: str, log_path: Path, env: dict[str, str] | None = No
 @contextlib.contextmanager
 def tracking_server(root: Path) -> Iterator[str]:
     """``mlflow server`` with a sqlite backend and a local artifact dir under ``root``; yields its URI."""
+    root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     args = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]

@@ -116,6 +116,7 @@ def test_list_and_show_print_the_registry_for_people_in_a_shell(reg):
 
 def test_the_champion_is_served_from_the_registry_with_composed_prompts(reg):
     from PIL import Image
+
     from servers import model_server
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": reg["uri"]}

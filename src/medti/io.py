@@ -97,6 +97,22 @@ def replace_dir(new: Path, target: Path) -> None:
         os.replace(new, target)
 
 
+@contextmanager
+def written_dir(target: Path, permissions: bool = False) -> Iterator[Path]:
+    """Write a dir whole: yields a temp dir beside ``target``; when the block ends normally it is renamed onto
+    ``target`` (after :func:`default_permissions` when ``permissions``: for files a library wrote with its own
+    modes), and when it raises (Ctrl-C too) it is removed and ``target`` is left as it was."""
+    tmp = temp_dir_for(target)
+    try:
+        yield tmp
+        if permissions:
+            default_permissions(tmp)
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same dir and an atomic rename; the file
     gets the permissions a plain ``open(path, "wb")`` would give (0666 minus the umask), not

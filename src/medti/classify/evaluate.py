@@ -11,7 +11,6 @@ classifier chose on its validation split (never on the test split). Written to o
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +63,7 @@ def evaluate_classifier(cfg: EvaluateConfig) -> EvaluateResult:
     from medti.classify.metrics import target_metrics
     from medti.classify.onnx import open_predictor, predictions_csv
     from medti.data.versions import content_version
-    from medti.io import check_output_dir, replace_dir, temp_dir_for
+    from medti.io import check_output_dir, written_dir
 
     # 1. Check inputs and the output before any work
     check_output_dir(Path(cfg.out), cfg.overwrite, (METRICS_JSON,), "medti evaluation dir")
@@ -83,8 +82,7 @@ def evaluate_classifier(cfg: EvaluateConfig) -> EvaluateResult:
                                     seed=cfg.seed).to_dict()
 
     # 3. Write the dir atomically
-    tmp = temp_dir_for(Path(cfg.out))
-    try:
+    with written_dir(Path(cfg.out)) as tmp:
         doc = {
             "model": {"path": Path(cfg.model).name, "targets": pred.targets, "val_auc": pred.meta.get("val_auc"),
                       "train": pred.meta.get("train")},
@@ -96,10 +94,6 @@ def evaluate_classifier(cfg: EvaluateConfig) -> EvaluateResult:
         (tmp / METRICS_JSON).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (tmp / PREDICTIONS_CSV).write_text(predictions_csv(cases, p), encoding="utf-8")
         roc_png(tmp / ROC_PNG, cases.labels, p, pred.targets, metrics)
-        replace_dir(tmp, Path(cfg.out))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return EvaluateResult(out=Path(cfg.out), metrics=metrics, n=len(cases))
 
 

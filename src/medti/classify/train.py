@@ -318,10 +318,9 @@ def _thresholds(model, val) -> dict[str, float]:
 
 
 def _write(cfg, model, spec, train, versions, best_auc, best_step, threshold, curves) -> None:
-    from medti.io import replace_dir, temp_dir_for
+    from medti.io import written_dir
 
-    tmp = temp_dir_for(Path(cfg.out))
-    try:
+    with written_dir(Path(cfg.out)) as tmp:
         model.net.save_pretrained(tmp, safe_serialization=True)
         counts: dict[str, int] = {}
         for s in train.sources:
@@ -350,7 +349,3 @@ def _write(cfg, model, spec, train, versions, best_auc, best_step, threshold, cu
         (tmp / CLASSIFIER_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         lines = ["step,loss,val_auc"] + [f"{c['step']},{c['loss']},{c['val_auc']}" for c in curves]
         (tmp / CURVES_CSV).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        replace_dir(tmp, Path(cfg.out))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

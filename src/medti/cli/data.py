@@ -178,3 +178,15 @@ def snapshot_cmd(
 
     res = run(snapshot_dataset, SnapshotConfig(dataset=dataset, push=push, min_per_class=min_per_class))
     typer.echo(res.summary())
+
+
+@app.command("add")
+def add_cmd(
+    to: Path = typer.Option(..., "--to", help="The dataset dir that grows."),
+    source: Path = typer.Option(..., "--from", help="A dataset dir of new cases (same modality, channels, findings, size)."),
+    min_per_class: int = typer.Option(0, "--min-per-class", help="Validation of the new cases alone."),
+):
+    """Add new cases to a dataset (validated, new case ids, patients keep their split; atomic). Snapshot it after."""
+    from medti.data.add import AddConfig, add_cases
+
+    typer.echo(run(add_cases, AddConfig(to=to, source=source, min_per_class=min_per_class)).summary())

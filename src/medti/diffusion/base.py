@@ -351,22 +351,14 @@ def build_components(spec: TinySpec, tokenizer, seed: int | None = None) -> dict
 def save_pipeline_dir(components: dict[str, Any], out: Path, meta: dict[str, Any] | None = None) -> Path:
     """Write a standard diffusers pipeline dir (loadable by StableDiffusionPipeline.from_pretrained),
     atomically: built under a temp name, then renamed into place."""
-    import shutil
 
-    from medti.io import default_permissions, replace_dir, temp_dir_for
+    from medti.io import written_dir
 
     out = Path(out)
-    tmp = temp_dir_for(out)
-    try:
-        pipe = sd_pipeline(components)
-        pipe.save_pretrained(tmp, safe_serialization=True)
+    with written_dir(out, permissions=True) as tmp:
+        sd_pipeline(components).save_pretrained(tmp, safe_serialization=True)
         if meta is not None:
             (tmp / BUILD_LOG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        default_permissions(tmp)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -25,7 +25,6 @@ import contextlib
 import io
 import math
 import numbers
-import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -80,21 +79,14 @@ def _model_code(cls: str) -> Iterator[Path]:
 
 def _save(path: Path, kwargs_of: contextlib.AbstractContextManager, overwrite: bool) -> Path:
     """``mlflow.pyfunc.save_model`` into a temp dir beside ``path``, renamed onto it when complete."""
-    from medti.io import default_permissions, replace_dir, temp_dir_for
+    from medti.io import written_dir
 
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise MlflowException(f"model dir {path} already exists (replace it with overwrite=True)",
                               error_code=INVALID_PARAMETER_VALUE)
-    tmp = temp_dir_for(path)
-    try:
-        with kwargs_of as kw:
-            mlflow.pyfunc.save_model(str(tmp), **kw)
-        default_permissions(tmp)
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with written_dir(path, permissions=True) as tmp, kwargs_of as kw:
+        mlflow.pyfunc.save_model(str(tmp), **kw)
     return path
 
 
