@@ -71,3 +71,25 @@ def interleave(sides: dict, rounds: int, per_round: int, unit: str, label: str) 
             rates[name].append(per_round / sides[name]())
             print(f"{label} round {r + 1}: {name:12s} {rates[name][-1]:8.1f} {unit}", flush=True)
     return rates
+
+
+def check_positive(ap, args, names) -> None:
+    """``ap.error`` naming the first of ``names`` (argparse dests) that is given and below 1."""
+    for name in names:
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            ap.error(f"--{name.replace('_', '-')}={v} must be >= 1")
+
+
+def command_line(ap, args, script: str, always: tuple[str, ...] = ()) -> str:
+    """``python benchmarks/SCRIPT`` with the options that differ from the parser's defaults (and ``always``), as a
+    reader reruns it; ``--no-write`` is left out (it changes where the figures go, not what they are)."""
+    parts = [f"python benchmarks/{script}"]
+    for action in ap._actions:
+        if not action.option_strings or action.dest in ("help", "no_write"):
+            continue
+        value = getattr(args, action.dest)
+        if action.dest in always or value != action.default:
+            parts.append(f"{action.option_strings[0]} {value}")
+    return " ".join(parts)
+

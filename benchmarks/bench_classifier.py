@@ -265,17 +265,16 @@ def main() -> None:
                     help="torch CPU threads (default: torch's choice); onnxruntime keeps its own default either way")
     ap.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = ap.parse_args()
-    for name in ("rounds", "steps", "batch", "infer_batch", "threads"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            ap.error(f"--{name.replace('_', '-')}={v} must be >= 1")
+    from _report import check_positive
+
+    check_positive(ap, args, ("rounds", "steps", "batch", "infer_batch", "threads"))
     if args.workers < 0:
         ap.error(f"--workers={args.workers} must be >= 0")
 
     import onnxruntime as ort
     import torch
 
-    from _report import interleave, machine, write_section
+    from _report import command_line, interleave, machine, write_section
     from medti._quiet import quiet_libraries
     from medti.classify.data import load_cases
     from medti.classify.onnx import ExportConfig, export_onnx, open_predictor
@@ -334,12 +333,7 @@ def main() -> None:
     else:
         ort_threads = (f"{ort_pool + 1} = onnxruntime's default, one per physical core ({ort_pool} pool thread(s) "
                        "seen starting with the session + the calling thread)")
-    cmd = "python benchmarks/bench_classifier.py"
-    for flag, val, default in (("--rounds", args.rounds, 3), ("--steps", args.steps, 20), ("--batch", args.batch, 32),
-                               ("--workers", args.workers, 0), ("--infer-batch", args.infer_batch, 64),
-                               ("--threads", args.threads, None)):
-        if val != default:
-            cmd += f" {flag} {val}"
+    cmd = command_line(ap, args, "bench_classifier.py")
     thread_note = f"torch set to {threads} thread(s)" if args.threads else f"torch's default {threads} thread(s)"
 
     def met(x: float, target: float) -> str:

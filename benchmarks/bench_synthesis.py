@@ -222,7 +222,7 @@ def main() -> None:
 
     import torch
 
-    from _report import machine, write_section
+    from _report import command_line, machine, write_section
     from medti._quiet import quiet_libraries
 
     quiet_libraries()
@@ -283,11 +283,7 @@ def main() -> None:
             "2 plain, 3 two-concept.\n"
         )
     threads = f", {torch.get_num_threads()} torch thread(s)" if device == "cpu" else ""
-    cmd = f"python benchmarks/bench_synthesis.py --model {args.model} --batch {args.batch}"
-    for flag, val, default in (("--device", args.device, None), ("--steps", args.steps, 30), ("--guidance", args.guidance, 7.5),
-                               ("--scheduler", args.scheduler, "dpmpp"), ("--rounds", args.rounds, 3), ("--threads", args.threads, None)):
-        if val != default:
-            cmd += f" {flag} {val}"
+    cmd = command_line(ap, args, "bench_synthesis.py", always=("model", "batch"))
     nl = "\n"
     body = f"""## Guided sampling: medti sampler vs diffusers pipeline and per-concept loop ({args.model}, {device})
 

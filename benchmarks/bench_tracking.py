@@ -69,14 +69,14 @@ def main() -> None:
                     help="torch threads, both sides (the model server's too); default: torch's default")
     ap.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = ap.parse_args()
-    for name in ("rounds", "steps", "n", "sample_steps", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    from _report import check_positive
+
+    check_positive(ap, args, ("rounds", "steps", "n", "sample_steps", "threads"))
 
     import mlflow
     import torch
 
-    from _report import interleave, machine, write_section
+    from _report import command_line, interleave, machine, write_section
     from medti._quiet import quiet_libraries
     from medti.data.phantoms import PhantomConfig, generate_phantoms
     from medti.diffusion.base import load_base
@@ -150,11 +150,7 @@ def main() -> None:
     rbest = {k: max(v) for k, v in rates.items()}
     rmed = {k: statistics.median(v) for k, v in rates.items()}
     sx, sx_med = rbest["served"] / rbest["direct"], rmed["served"] / rmed["direct"]
-    cmd = "python benchmarks/bench_tracking.py"
-    for flag, val, default in (("--rounds", args.rounds, 3), ("--steps", args.steps, 300), ("--n", args.n, 8),
-                               ("--sample-steps", args.sample_steps, 20), ("--threads", args.threads, None)):
-        if val != default:
-            cmd += f" {flag} {val}"
+    cmd = command_line(ap, args, "bench_tracking.py")
 
     def met(ok: bool) -> str:
         return "met" if ok else "missed"

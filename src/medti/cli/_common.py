@@ -57,10 +57,11 @@ def run(fn, cfg, interrupted: str = INTERRUPTED):
 TRACKING_OPTIONS: ContextVar[dict[str, str | None] | None] = ContextVar("medti_tracking_options", default=None)
 
 
-def _tracking():
-    """The MLflow run context the command line configures (``--tracking-uri`` or the environment), or None."""
+def _tracking(default: str | None = None):
+    """The MLflow run context the command line configures (``--tracking-uri`` or the environment); with neither,
+    the one ``default`` names, or None (tracking off)."""
     obj = TRACKING_OPTIONS.get() or {}
-    uri = obj.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = obj.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or default
     if not uri:
         return None
     from medti.tracking.context import RunContext
@@ -70,11 +71,17 @@ def _tracking():
 
 def registry_context():
     """The run context registry commands use: the configured tracking store, or the local one."""
-    from medti.tracking.context import LOCAL, RunContext
+    from medti.tracking.context import LOCAL
 
-    obj = TRACKING_OPTIONS.get() or {}
-    return RunContext.from_env(obj.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or LOCAL,
-                               obj.get("experiment"), obj.get("parent_run_id"))
+    return _tracking(default=LOCAL)
+
+
+def fail_if_mlflow_error(e: Exception, uri: str) -> None:
+    """Exit with one line naming the store when ``e`` is MLflow's (or its HTTP or database client's) own error;
+    return otherwise, for the caller to re-raise."""
+    if type(e).__module__.startswith(("mlflow", "requests", "urllib3", "sqlalchemy")):
+        first = str(e).splitlines()[0] if str(e) else ""
+        fail(f"MLflow at {uri}: {type(e).__name__}: {first}")
 
 
 def _tracked(fn, cfg, tracking):
@@ -88,8 +95,7 @@ def _tracked(fn, cfg, tracking):
     except TrackingError as e:
         fail(str(e))
     except Exception as e:  # noqa: BLE001 - only MLflow's own errors reach here unwrapped
-        if type(e).__module__.startswith(("mlflow", "requests", "urllib3", "sqlalchemy")):
-            fail(f"MLflow tracking at {tracking.uri}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        fail_if_mlflow_error(e, tracking.uri)
         raise
     typer.echo(f"mlflow run {out.run_id} (experiment {tracking.experiment!r} at {tracking.uri})", err=True)
     return out.result

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from medti.cli._common import fail, registry_context
+from medti.cli._common import fail, fail_if_mlflow_error, registry_context
 
 app = typer.Typer(help="The MLflow model registry: register, promote (champion / challenger), list, show.",
                   no_args_is_help=True)
@@ -32,8 +32,7 @@ def _call(fn, *args):
     except (TrackingError, EmbeddingError, ClassifierError, FileNotFoundError) as e:
         fail(str(e))
     except Exception as e:
-        if type(e).__module__.startswith(("mlflow", "requests", "urllib3", "sqlalchemy")):
-            fail(f"MLflow registry at {ctx.uri}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        fail_if_mlflow_error(e, ctx.uri)
         raise
 
 

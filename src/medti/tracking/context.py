@@ -39,14 +39,11 @@ def resolve_uri(uri: str | None) -> str | None:
 
 
 def local_artifact_root(uri: str) -> str | None:
-    """For a database or file store on this machine, ``mlartifacts/`` beside it (as a file URI); None for a
-    server, which has its own artifact store."""
+    """For a sqlite store on this machine, ``mlartifacts/`` beside it (as a file URI); None otherwise."""
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         return (db.resolve().parent / LOCAL_ARTIFACTS).as_uri()
-    if uri.startswith("file:") or "://" not in uri:
-        return None  # mlflow's file store keeps artifacts inside its own tree
-    return None
+    return None  # a server has its own artifact store, mlflow's file store keeps them inside its tree
 
 
 @dataclass(frozen=True)

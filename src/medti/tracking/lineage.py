@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -52,15 +53,28 @@ def _paths(value: Any) -> Iterator[Path]:
                 yield Path(v)
 
 
-def dataset_dirs(cfg: Any) -> list[Path]:
-    """The existing dataset dirs (with a ``dataset.json``) the config's dataset fields name, in field order."""
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset dir a step reads: the config field that names it, its name and version (read once per run)."""
+
+    field: str
+    path: Path
+    name: str
+    version: str
+
+
+def datasets_read(cfg: Any) -> list[DatasetRef]:
+    """The existing dataset dirs (with a ``dataset.json``) the config's dataset fields name, in field order, each
+    once (the first field naming it)."""
     if not (dataclasses.is_dataclass(cfg) or isinstance(cfg, dict)):
         return []
-    out: list[Path] = []
+    out: list[DatasetRef] = []
+    seen: set[Path] = set()
     for name in DATASET_FIELDS:
         for p in _paths(_field(cfg, name)):
-            if (p / "dataset.json").is_file() and p not in out:
-                out.append(p)
+            if (p / "dataset.json").is_file() and p.resolve() not in seen:
+                seen.add(p.resolve())
+                out.append(DatasetRef(name, p, dataset_name(p), dataset_version(p)))
     return out
 
 
@@ -112,19 +126,18 @@ def embedding_versions(paths: list[Path]) -> str:
     return ";".join(parts)
 
 
-def lineage_tags(cfg: Any) -> dict[str, str]:
-    """The lineage tags of a step about to run with ``cfg``."""
+def lineage_tags(cfg: Any, datasets: list[DatasetRef]) -> dict[str, str]:
+    """The lineage tags of a step about to run with ``cfg``, reading ``datasets`` (:func:`datasets_read`)."""
     tags = {"medti.version": __version__}
     commit = git_commit()
     if commit:
         tags["medti.git_commit"] = commit
         tags["mlflow.source.git.commit"] = commit
-    dirs = dataset_dirs(cfg)
-    if dirs:
-        tags["medti.dataset"] = dataset_name(dirs[0])
-        tags["medti.dataset_version"] = dataset_version(dirs[0])
-        if len(dirs) > 1:
-            tags["medti.datasets"] = ";".join(f"{dataset_name(d)}@{dataset_version(d)}" for d in dirs)
+    if datasets:
+        tags["medti.dataset"] = datasets[0].name
+        tags["medti.dataset_version"] = datasets[0].version
+        if len(datasets) > 1:
+            tags["medti.datasets"] = ";".join(f"{d.name}@{d.version}" for d in datasets)
     base = _field(cfg, "base")
     if isinstance(base, str) and base:
         tags["medti.base"] = base
@@ -157,25 +170,21 @@ def result_tags(result: Any) -> dict[str, str]:
     return tags
 
 
-def input_datasets(cfg: Any) -> list[Any]:
+def input_datasets(datasets: list[DatasetRef]) -> list[Any]:
     """``mlflow.entities.DatasetInput`` for each dataset dir the step reads: name, DVC version as the digest,
-    the dir as the source."""
+    the dir as the source, the config field as its context."""
     import warnings
 
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
 
-    out, seen = [], set()
-    for field_name in DATASET_FIELDS:
-        for p in _paths(_field(cfg, field_name)):
-            if not (p / "dataset.json").is_file() or p.resolve() in seen:
-                continue
-            seen.add(p.resolve())
-            with warnings.catch_warnings():  # "can be interpreted in multiple ways": two local sources registered
-                warnings.simplefilter("ignore")
-                source = resolve_dataset_source(str(p.resolve()))
-            ds = MetaDataset(source=source, name=dataset_name(p), digest=dataset_version(p)[:36])
-            out.append(DatasetInput(dataset=ds._to_mlflow_entity(),
-                                    tags=[InputTag(key="mlflow.data.context", value=field_name)]))
+    out = []
+    for d in datasets:
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": two local sources registered
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(str(d.path.resolve()))
+        ds = MetaDataset(source=source, name=d.name, digest=d.version[:36])
+        out.append(DatasetInput(dataset=ds._to_mlflow_entity(),
+                                tags=[InputTag(key="mlflow.data.context", value=d.field)]))
     return out

@@ -164,10 +164,11 @@ def register_embedding(cfg: RegisterEmbeddingConfig, run: RunContext) -> Registe
     emb = load_embedding(Path(cfg.embedding))
     concept = emb.metadata.get("concept") or emb.concept
     base_hash = emb.metadata.get("base_model_hash", "")
-    embeddings = {concept: Path(cfg.embedding)}
+    embeddings, versions = {concept: Path(cfg.embedding)}, {concept: emb.version}
     for p in cfg.companions:
         other = load_embedding(Path(p))
-        embeddings[other.metadata.get("concept") or other.concept] = Path(p)
+        companion = other.metadata.get("concept") or other.concept
+        embeddings[companion], versions[companion] = Path(p), other.version
     name = cfg.name or model_name(_dataset_name(cfg.data, f"embedding {cfg.embedding}"), concept)
     guidance = cfg.guidance if cfg.guidance is not None else GUIDANCE.get(cfg.base, 7.5)
     tags = {
@@ -176,7 +177,7 @@ def register_embedding(cfg: RegisterEmbeddingConfig, run: RunContext) -> Registe
         "medti.base": cfg.base, "medti.base_hash": base_hash,
         "medti.base_model": emb.metadata.get("base_model", ""),
         "medti.dataset_version": emb.metadata.get("dataset_version", ""),
-        "medti.embeddings": ";".join(f"{c}:{load_embedding(p).version}" for c, p in embeddings.items()),
+        "medti.embeddings": ";".join(f"{c}:{v}" for c, v in versions.items()),
         "medti.prompt_template": _template(emb.metadata.get("modality", "")).format(concept),
         "medti.version": emb.metadata.get("medti_version", ""),
     }

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from medti.tracking.context import RunContext
-from medti.tracking.lineage import input_datasets, lineage_tags, result_tags
+from medti.tracking.lineage import datasets_read, input_datasets, lineage_tags, result_tags
 
 R = TypeVar("R")
 
@@ -146,7 +146,7 @@ def _artifact_files(root: Path) -> Iterator[tuple[Path, str]]:
         elif p.is_dir() and p.name in ARTIFACT_DIRS:
             for q in sorted(p.rglob("*")):
                 if q.is_file() and q.stat().st_size <= MAX_ARTIFACT_BYTES:
-                    yield q, (Path(p.name) / q.parent.relative_to(p)).as_posix().rstrip(".").rstrip("/")
+                    yield q, (Path(p.name) / q.parent.relative_to(p)).as_posix()
 
 
 def result_artifacts(result: Any) -> list[tuple[Path, str]]:
@@ -244,13 +244,13 @@ def run_name(step: Callable, cfg: Any) -> str:
 def start_run(run: RunContext, name: str, cfg: Any, tags: dict[str, str] | None = None) -> str:
     """Create a run (nested under the context's parent) with the config's params, lineage and inputs."""
     client = run.client
-    all_tags = {"mlflow.runName": name, "medti.step": name, **lineage_tags(cfg), **run.tags, **(tags or {}),
-                **run.parent_tags()}  # a caller's medti.step (the step, when the run is named otherwise) wins
+    datasets = datasets_read(cfg)  # each version computed once, for the tags and the inputs
+    all_tags = {"mlflow.runName": name, "medti.step": name, **lineage_tags(cfg, datasets), **run.tags,
+                **(tags or {}), **run.parent_tags()}  # a caller's medti.step (the step, when named otherwise) wins
     run_id = client.create_run(run.experiment_id, tags=all_tags, run_name=name).info.run_id
     log_params(client, run_id, params_of(cfg))
-    datasets = input_datasets(cfg)
     if datasets:
-        client.log_inputs(run_id, datasets=datasets)
+        client.log_inputs(run_id, datasets=input_datasets(datasets))
     return run_id
 
 
@@ -289,8 +289,32 @@ def log_result(client, run_id: str, result: Any, *, curves: set[str] | None = No
     tags = result_tags(result)
     if tags:
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    for file, sub in result_artifacts(result):
+    log_files(client, run_id, result_artifacts(result))
+
+
+def log_files(client, run_id: str, files: list[tuple[Path, str]]) -> None:
+    """Upload (local file, artifact dir) pairs."""
+    for file, sub in files:
         client.log_artifact(run_id, str(file), artifact_path=sub or None)
+
+
+def call_streaming(client, run_id: str, go: Callable[[MetricStream | None], R],
+                   stream: bool = True) -> tuple[R, set[str]]:
+    """``go(report)``, ``report`` a :class:`MetricStream` on the run (None when ``stream`` is off: a step that
+    offers no curves); returns (its result, the curves it streamed). A failure ends the run FAILED (KILLED on
+    Ctrl-C) and goes on to the caller."""
+    metrics = MetricStream(client, run_id) if stream else None
+    try:
+        result = go(metrics)
+    except BaseException as e:
+        if metrics is not None:
+            metrics.close()
+        end_run(client, run_id, e)
+        raise
+    if metrics is None:
+        return result, set()
+    metrics.close()
+    return result, metrics.keys
 
 
 def end_run(client, run_id: str, error: BaseException | None) -> None:
@@ -314,17 +338,10 @@ def tracked(step: Callable[..., R], cfg: Any, *, run: RunContext, name: str | No
     run_id = start_run(run, name, cfg, {"medti.step": step_name(step), **(tags or {})})
     if dataclasses.is_dataclass(cfg) and any(f.name == "call_task" for f in dataclasses.fields(cfg)):
         cfg = dataclasses.replace(cfg, call_task=task_runner(run.child(run_id), Path(cfg.out)))
-    stream = MetricStream(client, run_id) if accepts_report(step) else None
-    try:
-        result = step(cfg, report=stream) if stream is not None else step(cfg)
-    except BaseException as e:
-        if stream is not None:
-            stream.close()
-        end_run(client, run_id, e)
-        raise
-    if stream is not None:
-        stream.close()
-    log_result(client, run_id, result, curves=stream.keys if stream is not None else None)
+    curved = accepts_report(step)
+    result, curves = call_streaming(client, run_id, lambda report: step(cfg, report=report) if curved else step(cfg),
+                                    stream=curved)
+    log_result(client, run_id, result, curves=curves)
     end_run(client, run_id, None)
     return Tracked(result, run_id)
 
@@ -355,21 +372,11 @@ def task_runner(run: RunContext, root: Path) -> Callable:
             tags["medti.seed"] = str(task.seed)
         client = run.client
         run_id = start_run(run, task.id, config, tags)
-        stream = MetricStream(client, run_id)
-        try:
-            result = go(stream)
-        except BaseException as e:
-            stream.close()
-            end_run(client, run_id, e)
-            raise
-        stream.close()
-        log_metrics(client, run_id, figures(result, stream.keys))
+        result, curves = call_streaming(client, run_id, go)
+        log_metrics(client, run_id, figures(result, curves))
         written = _resolved(task.config, root)  # outputs exist now
-        for key in ("out", "report"):
-            out = written.get(key)
-            if isinstance(out, str) and Path(out).exists():
-                for file, sub in _artifact_files(Path(out)):
-                    client.log_artifact(run_id, str(file), artifact_path=sub or None)
+        outputs = [Path(v) for k in ("out", "report") if isinstance(v := written.get(k), str) and Path(v).exists()]
+        log_files(client, run_id, [pair for out in outputs for pair in _artifact_files(out)])
         end_run(client, run_id, None)
         return result
 
