@@ -26,8 +26,8 @@ import io
 import math
 import numbers
 import tempfile
-import threading
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -190,12 +190,22 @@ class EmbeddingModel(mlflow.pyfunc.PythonModel):
     """Concept embeddings of one base, served: prompts in, base64 PNGs out (see the module doc)."""
 
     def load_context(self, context) -> None:
+        # Every torch call of this model runs on one thread of its own. A server answers requests on pool threads,
+        # and each thread that runs torch gets its own OpenMP team; with more teams than cores, OpenMP stops
+        # spinning between parallel regions and the UNet's many small ops ran about 2x slower on 2 cores
+        # (docs/benchmarks.md, mlflow-tracking-serving). One thread also serialises requests, since the model
+        # and its tokenizer are not thread-safe.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medti-sampler")
+        self._cfg = _embedding_config(context.model_config)
+        self._sampler = self._worker.submit(self._load, self._cfg, context.artifacts).result()
+
+    @staticmethod
+    def _load(cfg: dict[str, Any], artifacts: Mapping[str, str]):
         from medti.diffusion.synthesis import load_sampler
 
-        cfg = _embedding_config(context.model_config)
-        names = sorted(context.artifacts)
+        names = sorted(artifacts)
         try:  # the device is cuda when one is available, else the CPU
-            sampler, _ = load_sampler(cfg["base"], [Path(context.artifacts[k]) for k in names])
+            sampler, _ = load_sampler(cfg["base"], [Path(artifacts[k]) for k in names])
         except Exception as e:
             raise MlflowException(f"embedding model: cannot load base {cfg['base']!r} with embeddings {names}: {e}") from e
         base = sampler.base
@@ -208,19 +218,21 @@ class EmbeddingModel(mlflow.pyfunc.PythonModel):
         if sorted(sampler.embeddings) != names:
             raise MlflowException(f"embedding model: artifacts {names} hold concepts {sorted(sampler.embeddings)}; "
                                   "each artifact key must be its embedding's concept name")
-        self._cfg, self._sampler, self._lock = cfg, sampler, threading.Lock()
+        return sampler
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         # 1. Check the whole request; nothing is sampled before every field passes
         prompts = _prompts(model_input, self._cfg["limits"]["prompt_chars"])
         req = _request(params, self._cfg, len(prompts))
         n, seed = req["n"], req["seed"]
-        # the server runs requests in threads; the model (and its tokenizer, which is not thread-safe) takes one
-        with self._lock:
+
+        def sample() -> list[np.ndarray]:
             resolved = [self._resolve(i, p, req["negative"]) for i, p in enumerate(prompts)]
             # 2. Sample each prompt as `medti synth generate` does, with this request's settings
             sampler = self._request_sampler(req)
-            images = [sampler.sample_many([(r, seed + i) for i in range(n)]) for r in resolved]
+            return [sampler.sample_many([(r, seed + i) for i in range(n)]) for r in resolved]
+
+        images = self._worker.submit(sample).result()  # on the model's own thread (see load_context)
         # 3. One row per image
         from medti.data.dataset import encode_png
 
