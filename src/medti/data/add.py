@@ -11,7 +11,6 @@ the current champion was trained on.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,20 +49,9 @@ class AddResult:
                 f"(medti data snapshot {self.to}) to give it a new version")
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """``dst`` = a copy of ``src`` whose files are hard links where the file system allows (instant, no space)."""
-    def link(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True)
-
-
 def add_cases(cfg: AddConfig) -> AddResult:
     from medti.data.validate import require_valid
-    from medti.io import output_lock, written_dir
+    from medti.io import link_tree, output_lock, written_dir
 
     to, src = Path(cfg.to), Path(cfg.source)
     with output_lock(to, "data add"):
@@ -90,7 +78,7 @@ def add_cases(cfg: AddConfig) -> AddResult:
                                f"between splits: {', '.join(moved[:10])}")
         # 3. The merged dir beside the old one, validated, then renamed onto it
         with written_dir(to) as tmp:
-            _link_tree(to, tmp)
+            link_tree(to, tmp)
             for r in incoming:
                 for col in ("path", "mask"):
                     if r.get(col):

@@ -60,13 +60,13 @@ def train_embedding(c: dict[str, Any], root: Path, report: Report | None = None)
     return {"final_loss": res.final_loss, "images": res.n_images, "seconds": res.seconds}
 
 
-def synthesize(c: dict[str, Any], root: Path, report: Report | None = None) -> dict[str, Any]:
-    """A synthetic-dataset spec (half the images of each class) written beside the output, then the step."""
+def class_spec(c: dict[str, Any], root: Path) -> Path:
+    """Write the synthetic-dataset spec of a two-class set beside ``c["out"]``: half the images of each class, the
+    finding's concept (``concepts[0]``) labelled 1 and the other 0, each sampled with the other as negative prompt
+    when ``c["negatives"]``. Returns its path."""
     import yaml
 
     from medti.data.dataset import read_info
-    from medti.diffusion.synthesis import SynthesisConfig
-    from medti.diffusion.synthesis import synthesize as step
     from medti.diffusion.templates import TEMPLATES
     from medti.io import atomic_write_text
 
@@ -88,8 +88,17 @@ def synthesize(c: dict[str, Any], root: Path, report: Report | None = None) -> d
         "findings": [target], "sampler": c["sampler"], "classes": classes,
     }
     spec_path = out.with_name(out.name + ".spec.yaml")
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(spec_path, yaml.safe_dump(spec, sort_keys=False))
-    res = step(SynthesisConfig(spec=spec_path, out=out, overwrite=True, progress=False))
+    return spec_path
+
+
+def synthesize(c: dict[str, Any], root: Path, report: Report | None = None) -> dict[str, Any]:
+    """A synthetic-dataset spec (:func:`class_spec`), then the step."""
+    from medti.diffusion.synthesis import SynthesisConfig
+    from medti.diffusion.synthesis import synthesize as step
+
+    res = step(SynthesisConfig(spec=class_spec(c, root), out=_p(root, c["out"]), overwrite=True, progress=False))
     return {"images": res.n, "images_per_s": res.images_per_s, "seconds": res.seconds}
 
 

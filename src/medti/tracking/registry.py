@@ -57,6 +57,9 @@ class RegisterClassifierConfig:
     name: str | None = None
     evaluation: Path | None = None
     promote: bool = True
+    #: the real data's version, tagged ``medti.dataset_version`` (what a scheduled run compares): default that of
+    #: ``data``; a pipeline passes its source's, since the dir it registers from is a copy
+    dataset_version: str | None = None
 
 
 @dataclass
@@ -205,7 +208,7 @@ def register_classifier(cfg: RegisterClassifierConfig, run: RunContext) -> Regis
     """Register a classifier (exported to ONNX when given as a dir) as a new version of its model."""
     from medti.classify.onnx import ExportConfig, Predictor, export_onnx
     from medti.io import sha256_file
-    from medti.tracking.lineage import git_commit
+    from medti.tracking.lineage import dataset_version, git_commit
     from medti.tracking.serving import save_classifier_model
 
     with tempfile.TemporaryDirectory(prefix="medti-onnx-") as tmp:
@@ -221,6 +224,7 @@ def register_classifier(cfg: RegisterClassifierConfig, run: RunContext) -> Regis
         tags = {"medti.kind": "classifier", "medti.targets": ",".join(targets), "medti.onnx_sha256": sha256_file(onnx),
                 "medti.image_size": "x".join(map(str, spec.image_size)), "medti.modality": spec.modality,
                 "medti.datasets": versions, "medti.val_auc": f"{meta.get('val_auc', '')}",
+                "medti.dataset_version": cfg.dataset_version or (dataset_version(Path(cfg.data)) if cfg.data else ""),
                 "medti.version": meta.get("medti_version", "")}
         commit = git_commit()
         if commit:
