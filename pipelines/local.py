@@ -1,17 +1,54 @@
 """The medti pipeline run here, with kfp.local: the same graph Kubeflow runs, each task a subprocess of this
 Python (``SubprocessRunner(use_venv=False)``: medti is already installed, nothing is pip-installed), one task at a
-time, outputs under ``ROOT/kfp``, kfp.local's cache under ``ROOT/kfp-cache``."""
+time, outputs under ``ROOT/kfp``, kfp.local's cache under ``ROOT/kfp-cache``.
+
+With ``quiet``, kfp's log (its own lines and every task's output) goes to ``ROOT/pipeline.log`` instead of the
+terminal, and ``progress`` gets one line per task as it starts and ends.
+"""
 
 import contextlib
-import io
+import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '([^']+)'")
+_ENDED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 
-def run_local(params: dict[str, Any], root: Path, *, cache: bool = True, quiet: bool = False) -> dict[str, Any]:
-    """Run the pipeline with ``params`` (its parameters by name; ``data`` required); returns its final outputs
-    (the finish task's: ``finished`` or why it skipped). Raises when a task fails after its retries."""
+
+def plain(text: str) -> str:
+    """``text`` without kfp's terminal colours."""
+    return _ANSI.sub("", text)
+
+
+class _TaskLines:
+    """A stdout stand-in: everything to ``log``, and the task start/end lines to ``progress``."""
+
+    def __init__(self, log, progress: Callable[[str], None] | None):
+        self.log, self.progress, self.buf = log, progress, ""
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.buf += text
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            line = plain(line)
+            if self.progress and (m := _STARTED.search(line)):
+                self.progress(f"[task] {m.group(1)} ...")
+            elif self.progress and (m := _ENDED.search(line)):
+                self.progress(f"[task] {m.group(1)}: {m.group(2).lower()}")
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
+def run_local(params: dict[str, Any], root: Path, *, cache: bool = True, quiet: bool = False,
+              progress: Callable[[str], None] | None = None) -> Path:
+    """Run the pipeline with ``params`` (its parameters by name; ``data`` required). Returns ``root``. Raises
+    RuntimeError naming the task when a task fails after its retries (its output is in the log)."""
     from kfp import local
 
     from pipelines.medti_pipeline import make_pipeline
@@ -22,9 +59,14 @@ def run_local(params: dict[str, Any], root: Path, *, cache: bool = True, quiet: 
                workspace_root=str(root / "workspace"), raise_on_error=True, enable_caching=cache,
                cache_root=str(root / "kfp-cache"))
     pipeline = make_pipeline(parallelism=1)  # two CPU-bound tasks at once only fight over the cores here
-    out = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
-        # kfp warns that the components name a non-Python image: here medti is installed in this Python
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        # kfp warns that the components name a non-Python image (here medti is installed in this Python) and
+        # that GPU and memory settings do nothing locally
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image", category=RuntimeWarning)
-        task = pipeline(**params)
-    return dict(task.outputs) if hasattr(task, "outputs") else {}
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner", category=UserWarning)
+        if quiet:
+            log = stack.enter_context(open(root / "pipeline.log", "a", encoding="utf-8"))
+            stack.enter_context(contextlib.redirect_stdout(_TaskLines(log, progress)))
+        pipeline(**params)
+    return root

@@ -76,25 +76,28 @@ def run_cmd(
     out: Path = typer.Option(Path("pipeline-runs"), "--out", help="kfp.local's outputs and cache."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse tasks whose inputs are unchanged."),
     force: bool = typer.Option(False, "--force", help="Train even when the champion was trained on this version."),
+    verbose: bool = typer.Option(False, "--verbose", help="kfp's whole log here (default: one line per task; the "
+                                 "log goes to OUT/pipeline.log)."),
 ):
     """Run the pipeline here (kfp.local, one task at a time), tracked in MLflow (--tracking-uri, or the local
     store sqlite:///mlflow.db + mlartifacts/)."""
     _project()
     from medti.tracking import TrackingError
     from medti.tracking.pipeline import last_pipeline_run
-    from pipelines.local import run_local
+    from pipelines.local import plain, run_local
 
     params = _params(config, data, force)
     ctx = registry_context()
     params.setdefault("tracking_uri", ctx.uri)
     params.setdefault("experiment_name", ctx.experiment if ctx.experiment != "medti" else "medti-pipeline")
     try:
-        run_local(params, out, cache=cache)
+        run_local(params, out, cache=cache, quiet=not verbose, progress=typer.echo)
         summary = last_pipeline_run(params["tracking_uri"], params["experiment_name"])
     except TrackingError as e:
         fail(str(e))
-    except RuntimeError as e:  # kfp.local: a task failed after its retries (its log is above)
-        fail(f"medti pipeline run: {e}")
+    except RuntimeError as e:  # kfp.local: a task failed after its retries
+        where = "above" if verbose else f"in {out / 'pipeline.log'}"
+        fail(f"medti pipeline run: {plain(str(e))} (its output is {where})")
     except Exception as e:
         fail_if_mlflow_error(e, params["tracking_uri"])
         raise
@@ -114,6 +117,7 @@ def schedule_cmd(
     """Create the recurring run that retrains when new cases arrive (no catch-up, one run at a time)."""
     root = _project()
     import yaml
+
     from pipelines.schedule import ScheduleError, schedule
 
     params = yaml.safe_load(config.read_text(encoding="utf-8")) if config else {}

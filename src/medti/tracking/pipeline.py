@@ -175,12 +175,13 @@ def last_pipeline_run(uri: str, experiment: str) -> str:
     if tags.get(SKIPPED_TAG) == "true":
         lines.append(f"skipped: {tags.get(REASON_TAG, '')}")
     else:
-        try:
-            import mlflow.artifacts
+        import tempfile
 
-            table = mlflow.artifacts.load_text(f"{r.info.artifact_uri.rstrip('/')}/table.md")
-        except Exception:  # noqa: BLE001 - a run that failed before collect has no table
-            table = ""
+        with tempfile.TemporaryDirectory(prefix="medti-table-") as tmp:
+            try:
+                table = Path(ctx.client.download_artifacts(r.info.run_id, "table.md", tmp)).read_text(encoding="utf-8")
+            except Exception:  # noqa: BLE001 - a run that failed before collect has no table
+                table = ""
         if table:
             lines += ["", "AUC on the real test split:", table]
         for key in ("classifier", "embedding"):
