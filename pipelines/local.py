@@ -8,6 +8,7 @@ terminal, and ``progress`` gets one line per task as it starts and ends.
 
 import contextlib
 import re
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ class _TaskLines:
 
     def __init__(self, log, progress: Callable[[str], None] | None):
         self.log, self.progress, self.buf = log, progress, ""
+        self.terminal = sys.stdout  # progress lines go where stdout went before kfp's log was redirected here
 
     def write(self, text: str) -> int:
         self.log.write(text)
@@ -35,10 +37,10 @@ class _TaskLines:
         *lines, self.buf = self.buf.split("\n")
         for line in lines:
             line = plain(line)
-            if self.progress and (m := _STARTED.search(line)):
-                self.progress(f"[task] {m.group(1)} ...")
-            elif self.progress and (m := _ENDED.search(line)):
-                self.progress(f"[task] {m.group(1)}: {m.group(2).lower()}")
+            if self.progress and (m := _STARTED.search(line) or _ENDED.search(line)):
+                with contextlib.redirect_stdout(self.terminal):
+                    self.progress(f"[task] {m.group(1)} ..." if m.re is _STARTED else
+                                  f"[task] {m.group(1)}: {m.group(2).lower()}")
         return len(text)
 
     def flush(self) -> None:

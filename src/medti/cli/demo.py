@@ -23,9 +23,8 @@ def demo_cmd(
     from medti.cli.pipeline import _project
     from medti.demo import run_demo
 
-    res = run(run_demo, DemoConfig(out=out, base=base),
+    res = run(run_demo, DemoConfig(out=out, base=base),  # prints a line per step as it goes
               interrupted="interrupted; run the demo again to continue")
-    typer.echo(res.summary())
     _project()
     from pipelines.demo import run_demo_pipeline
     from pipelines.local import plain

@@ -1,0 +1,524 @@
+"""Screenshots of the MLflow UI over a medti store, for the docs: what a user sees of medti's runs and models.
+
+Starts ``mlflow server`` on 127.0.0.1 (a free port) over ``STORE/mlflow.db`` (artifacts: each experiment's own
+location, ``file://.../mlartifacts/...`` as medti writes it; new ones under ``STORE/mlartifacts``), finds the pages
+through the REST API (MlflowClient against that server), and photographs them with headless Chromium driven over
+the DevTools protocol (the UI is a single-page app: each page is waited for until what it must show is there):
+
+- ``runs.png``           the experiment's runs list, the pipeline's parent run expanded to its nested child runs
+- ``run.png``            the parent run's page (overview: metrics, params, tags)
+- ``run_table.png``      the parent run's ``table.md`` in the artifact viewer (when it has one)
+- ``metric.png``         a training child run's metric chart (``loss`` when logged, else its longest history)
+- ``artifact_image.png`` an image artifact (``roc.png``, else a sample grid, else any PNG) in the artifact viewer
+- ``models.png``         the registered models list
+- ``model.png``          a registered model's page: its versions and their aliases
+- ``model_version.png``  a model version's page (the champion's when there is one): aliases and tags
+
+    python experiments/mlflow_ui_screenshots.py --store DIR --out DIR [--experiment NAME]
+
+Prints each PNG's path. Exits non-zero (naming the page, with the text the page showed) when a page did not render
+what it must, or a screenshot is blank. Needs a Chromium binary (``apt-get install chromium``; or set
+``MEDTI_CHROMIUM``). The server and the browser are stopped on the way out, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+WIDTH, HEIGHT = 1600, 1000
+# set in the page's localStorage before the UI loads: the classic-ML view of the UI (not the GenAI one), and the
+# MLflow Assistant's side panel closed (it opens itself on a first visit and takes a third of the width)
+UI_PRESETS = {
+    "mlflow.workflowType_v1": json.dumps("machine_learning"),
+    "mlflow.assistant.panelOpen_v1": "false",
+    "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true",
+}
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "chromium-headless-shell", "chrome-headless-shell",
+                  "google-chrome", "google-chrome-stable")
+
+
+class ScreenshotError(RuntimeError):
+    """A page did not render what it must, or its screenshot is blank."""
+
+
+# ----------------------------------------------------------------------------- finding things
+def find_chromium() -> str | None:
+    """``$MEDTI_CHROMIUM``, else the first Chromium-like binary on PATH; None when there is none."""
+    env = os.environ.get("MEDTI_CHROMIUM")
+    if env:
+        return env if Path(env).is_file() else shutil.which(env)
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def chromium_version(binary: str) -> str:
+    res = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60)
+    return res.stdout.strip() or res.stderr.strip()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- the server
+@contextlib.contextmanager
+def mlflow_server(store: Path, log_path: Path, timeout: float = 180.0) -> Iterator[str]:
+    """``mlflow server`` over ``store/mlflow.db`` on 127.0.0.1; yields its URL once /health answers; stops it (its
+    whole process group: mlflow runs uvicorn in a child)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{(store / 'mlflow.db').resolve()}",
+            "--default-artifact-root", (store / "mlartifacts").resolve().as_uri()]
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # mlflow starts uvicorn by name
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job-runner workers: nothing here uses them
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    with open(log_path, "w+b") as log:
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            _wait_http(f"{url}/health", proc, log, timeout, "mlflow server")
+            yield url
+        finally:
+            _stop(proc)
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.seek(0)
+            raise ScreenshotError(f"{what} did not come up (exit {proc.poll()}):\n"
+                                  f"{log.read().decode(errors='replace')[-4000:]}")
+        time.sleep(0.25)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# ----------------------------------------------------------------------------- the browser
+class Browser:
+    """Headless Chromium with one page, driven over the DevTools protocol (websocket-client, which kfp's kubernetes
+    client brings)."""
+
+    def __init__(self, binary: str, workdir: Path, width: int = WIDTH, height: int = HEIGHT):
+        import websocket
+
+        self.profile = workdir / "chromium-profile"
+        self.profile.mkdir(parents=True, exist_ok=True)
+        self.log = open(workdir / "chromium.log", "w+b")  # noqa: SIM115 (closed in close())
+        args = [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                f"--window-size={width},{height}", "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0", f"--user-data-dir={self.profile}", "--no-first-run",
+                "--no-default-browser-check", "--disable-extensions", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--lang=en-US", "--force-device-scale-factor=1", "about:blank"]
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.ws = None
+        self._id = 0
+        try:
+            port = self._devtools_port(timeout=60)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+                targets = json.load(r)
+            page = next(t for t in targets if t.get("type") == "page")
+            self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], suppress_origin=True, timeout=60)
+            self.call("Page.enable")
+            self.resize(width, height)
+            presets = json.dumps(UI_PRESETS)
+            self.call("Page.addScriptToEvaluateOnNewDocument",
+                      source=f"try {{ for (const [k, v] of Object.entries({presets})) localStorage.setItem(k, v); }}"
+                             " catch (e) {}")
+        except BaseException:
+            self.close()
+            raise
+
+    def _devtools_port(self, timeout: float) -> int:
+        marker = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if marker.is_file():
+                lines = marker.read_text().split()
+                if lines and lines[0].isdigit():
+                    return int(lines[0])
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.log.seek(0)
+        raise ScreenshotError(f"chromium did not open its DevTools port (exit {self.proc.poll()}):\n"
+                              f"{self.log.read().decode(errors='replace')[-4000:]}")
+
+    def resize(self, width: int, height: int) -> None:
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                  mobile=False)
+
+    def call(self, method: str, **params):
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self._id:
+                if "error" in msg:
+                    raise ScreenshotError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def eval(self, expression: str):
+        res = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in res:
+            raise ScreenshotError(f"script failed: {res['exceptionDetails'].get('text')} in {expression[:200]}")
+        return res.get("result", {}).get("value")
+
+    def goto(self, url: str) -> None:
+        """A fresh load of ``url`` (about:blank first: a hash route alone would be a same-document change)."""
+        self.call("Page.navigate", url="about:blank")
+        self.call("Page.navigate", url=url)
+        self.wait_for("document.readyState === 'complete'", 60, "the document to load")
+
+    def wait_for(self, expression: str, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(ScreenshotError):
+                if self.eval(expression):
+                    return
+            if time.monotonic() > deadline:
+                raise ScreenshotError(f"timed out after {timeout:.0f} s waiting for {what}; the page showed:\n"
+                                      f"{self.text()[:1500]}")
+            time.sleep(0.25)
+
+    def text(self) -> str:
+        with contextlib.suppress(Exception):
+            return self.eval("document.body ? document.body.innerText : ''") or ""
+        return ""
+
+    def screenshot(self, path: Path) -> Path:
+        res = self.call("Page.captureScreenshot", format="png")
+        path.write_bytes(base64.b64decode(res["data"]))
+        return path
+
+    def close(self) -> None:
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                self.ws.close()
+        _stop(self.proc)
+        self.log.close()
+
+
+# ----------------------------------------------------------------------------- what to photograph
+@dataclass
+class Targets:
+    experiment_id: str
+    parent: object  # mlflow Run
+    children: list = field(default_factory=list)
+    table_md: str | None = None
+    table_word: str | None = None  # a word of table.md, for its page to show
+    train_run: object | None = None
+    metric: str | None = None
+    image_run: object | None = None
+    image_path: str | None = None
+    model: str | None = None
+    version: str | None = None
+    aliases: list[str] = field(default_factory=list)
+
+
+def _name(run) -> str:
+    return run.info.run_name or run.data.tags.get("mlflow.runName", run.info.run_id)
+
+
+def _artifacts(client, run_id: str, path: str | None = None, depth: int = 3) -> list[str]:
+    """File paths among the run's artifacts, ``depth`` folders down."""
+    out = []
+    for f in client.list_artifacts(run_id, path):
+        if f.is_dir:
+            if depth > 0:
+                out += _artifacts(client, run_id, f.path, depth - 1)
+        else:
+            out.append(f.path)
+    return out
+
+
+def find_targets(client, experiment: str | None) -> Targets:
+    """The experiment (by name, else the one whose latest run has children), its latest parent run (the pipeline's
+    when medti tagged one), a training run with a metric history, an image artifact, and a registered model."""
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise ScreenshotError(f"no experiment named {experiment!r} in this store")
+        experiments = [exp]
+    else:
+        experiments = client.search_experiments()
+    best = None
+    for exp in experiments:
+        runs = client.search_runs([exp.experiment_id], max_results=1000, order_by=["attributes.start_time DESC"])
+        parents = {r.data.tags.get("mlflow.parentRunId") for r in runs} - {None}
+        candidates = [r for r in runs if r.info.run_id in parents]
+        if not candidates:
+            continue
+        pipeline = [r for r in candidates if r.data.tags.get("medti.step") == "pipeline"]
+        parent = (pipeline or candidates)[0]
+        if best is None or parent.info.start_time > best[1].info.start_time:
+            best = (exp, parent, runs)
+    if best is None:
+        raise ScreenshotError(f"no run with nested child runs in {experiment or 'any experiment'}")
+    exp, parent, runs = best
+    t = Targets(exp.experiment_id, parent)
+
+    by_parent: dict[str, list] = {}
+    for r in runs:
+        by_parent.setdefault(r.data.tags.get("mlflow.parentRunId"), []).append(r)
+    t.children = by_parent.get(parent.info.run_id, [])
+    descendants, todo = [], list(t.children)
+    while todo:
+        r = todo.pop(0)
+        descendants.append(r)
+        todo += by_parent.get(r.info.run_id, [])
+
+    t.table_md = next((p for p in _artifacts(client, parent.info.run_id) if Path(p).name == "table.md"), None)
+    if t.table_md:
+        with tempfile.TemporaryDirectory(prefix="medti-ui-") as tmp:
+            text = Path(client.download_artifacts(parent.info.run_id, t.table_md, tmp)).read_text(errors="replace")
+        word = re.search(r"[A-Za-z][A-Za-z0-9_.-]{2,}", text)
+        t.table_word = word.group(0) if word else None
+
+    def training_first(r) -> tuple[int, int]:
+        name = _name(r).lower() + " " + r.data.tags.get("medti.step", "").lower()
+        return (0 if "train" in name else 1, 0 if "embedding" in name else 1)
+
+    for r in sorted(descendants, key=training_first):
+        keys = sorted(r.data.metrics, key=lambda k: (k != "loss", k))
+        for key in keys:
+            if len(client.get_metric_history(r.info.run_id, key)) >= 2:
+                t.train_run, t.metric = r, key
+                break
+        if t.train_run is not None:
+            break
+
+    def image_rank(path: str) -> int:
+        name = Path(path).name.lower()
+        return 0 if name == "roc.png" else 1 if ("grid" in name or "sample" in name) else 2
+
+    images = []
+    for r in [parent, *descendants]:
+        images += [(image_rank(p), i, r, p) for i, p in enumerate(_artifacts(client, r.info.run_id))
+                   if p.lower().endswith(".png")]
+    if images:
+        _, _, t.image_run, t.image_path = min(images, key=lambda x: (x[0], x[1]))
+
+    models = client.search_registered_models()
+    with_aliases = [m for m in models if m.aliases]
+    if with_aliases or models:
+        m = (with_aliases or models)[0]
+        t.model = m.name
+        aliases = dict(m.aliases or {})
+        if "champion" in aliases:
+            t.version = str(aliases["champion"])
+        elif aliases:
+            t.version = str(next(iter(aliases.values())))
+        else:
+            versions = client.search_model_versions(f"name='{m.name}'")
+            t.version = str(max(int(v.version) for v in versions)) if versions else None
+        t.aliases = sorted(a for a, v in aliases.items() if str(v) == t.version)
+    return t
+
+
+# ----------------------------------------------------------------------------- the pages
+def _q(s: str) -> str:
+    return urllib.parse.quote(s, safe="")
+
+
+def _js(s: str) -> str:
+    return json.dumps(s)
+
+
+def _shows(*texts: str) -> str:
+    """A predicate: the page's text holds every one of ``texts``."""
+    body = "(document.body ? document.body.innerText : '')"
+    return " && ".join(f"{body}.includes({_js(t)})" for t in texts) or "true"
+
+
+def is_blank(path: Path) -> str | None:
+    """Why the PNG at ``path`` looks blank (one colour, or next to nothing on it); None when it does not."""
+    from PIL import Image, ImageStat
+
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+        colours = rgb.getcolors(maxcolors=1 << 16)
+        if colours is not None and len(colours) < 8:
+            return f"{len(colours)} colour(s)"
+        gray = rgb.convert("L")
+        if ImageStat.Stat(gray).stddev[0] < 2.0:
+            return f"almost uniform (luminance stddev {ImageStat.Stat(gray).stddev[0]:.2f})"
+        background = max(colours, key=lambda c: c[0])[0] if colours else 0
+        if colours is not None and background > 0.995 * rgb.width * rgb.height:
+            return "over 99.5 % one colour"
+    return None
+
+
+@dataclass
+class Page:
+    file: str
+    url: str
+    ready: str  # JS predicate: the page shows what it must
+    what: str
+    action: str | None = None  # JS to run once ready (e.g. expand a row); then ``after`` must hold
+    after: str | None = None
+    height: int = HEIGHT
+
+
+def pages(base: str, t: Targets) -> list[Page]:
+    e, pid = t.experiment_id, t.parent.info.run_id
+    parent_name = _name(t.parent)
+    out = []
+    child_names = [_name(c) for c in t.children][:3]
+    # the expander is the first button in the name cell of the parent's row (the row holding a link to its page)
+    expand = (
+        "(() => {const a = [...document.querySelectorAll('a')].find(x => (x.getAttribute('href') || '')"
+        f".endsWith('/runs/{pid}'));"
+        " const row = a && a.closest('[role=row]'); const b = row && row.querySelector('button');"
+        " if (!b) return false; b.click(); return true;})()"
+    )
+    out.append(Page("runs.png", f"{base}/#/experiments/{e}/runs", _shows(parent_name) + " && "
+                    "document.querySelectorAll('[role=row]').length > 1",
+                    "the runs list with the parent run", expand, _shows(*child_names)))
+    metric_names = sorted(t.parent.data.metrics)[:3]
+    out.append(Page("run.png", f"{base}/#/experiments/{e}/runs/{pid}", _shows(parent_name, *metric_names),
+                    "the parent run's page with its metrics", height=1600))
+    if t.table_md:
+        out.append(Page("run_table.png", f"{base}/#/experiments/{e}/runs/{pid}/artifacts/{t.table_md}",
+                        _shows(parent_name, Path(t.table_md).name, *([t.table_word] if t.table_word else [])),
+                        "table.md in the artifact viewer"))
+    if t.train_run is not None:
+        rid = t.train_run.info.run_id
+        runs, exps = json.dumps([rid]), json.dumps([e])
+        metric = json.dumps(t.metric)
+        query = (f"?runs={_q(runs)}&metric={_q(metric)}&experiments={_q(exps)}"
+                 f"&plot_metric_keys={_q(json.dumps([t.metric]))}&plot_layout={_q('{}')}&x_axis=step"
+                 "&y_axis_scale=linear&line_smoothness=1&show_point=true&deselected_curves=%5B%5D"
+                 "&last_linear_y_axis_range=%5B%5D")
+        out.append(Page("metric.png", f"{base}/#/metric{query}",
+                        _shows(t.metric) + " && document.querySelectorAll('.js-plotly-plot, canvas, svg').length > 0",
+                        f"the {t.metric} chart of {_name(t.train_run)}"))
+        out.append(Page("run_metrics.png", f"{base}/#/experiments/{e}/runs/{rid}/model-metrics",
+                        _shows(t.metric) + " && document.querySelectorAll('.js-plotly-plot, canvas, svg').length > 0",
+                        f"the model metrics tab of {_name(t.train_run)}"))
+    if t.image_run is not None:
+        rid = t.image_run.info.run_id
+        out.append(Page("artifact_image.png", f"{base}/#/experiments/{e}/runs/{rid}/artifacts/{t.image_path}",
+                        "[...document.querySelectorAll('img')].some(i => i.complete && i.naturalWidth > 0 && "
+                        "(i.src.includes('artifact') || i.src.startsWith('blob:')))",
+                        f"{t.image_path} of {_name(t.image_run)} in the artifact viewer"))
+    if t.model:
+        out.append(Page("models.png", f"{base}/#/models", _shows(t.model), "the registered models list"))
+        out.append(Page("model.png", f"{base}/#/models/{_q(t.model)}", _shows(t.model, *t.aliases),
+                        f"registered model {t.model}"))
+        if t.version:
+            out.append(Page("model_version.png", f"{base}/#/models/{_q(t.model)}/versions/{t.version}",
+                            _shows(t.model, f"Version {t.version}", *t.aliases),
+                            f"{t.model} version {t.version}"))
+    return out
+
+
+def shoot(browser: Browser, page: Page, out: Path, timeout: float, settle: float) -> Path:
+    path = out / page.file
+    browser.resize(WIDTH, page.height)
+    browser.goto(page.url)
+    try:
+        browser.wait_for(page.ready, timeout, page.what)
+        if page.action:
+            if not browser.eval(page.action):
+                raise ScreenshotError(f"{page.what}: the action found nothing to act on; the page showed:\n"
+                                      f"{browser.text()[:1500]}")
+            browser.wait_for(page.after or "true", timeout, f"{page.what} after the action")
+        time.sleep(settle)  # charts animate, images decode, late requests land
+    except ScreenshotError:
+        browser.screenshot(out / f"FAILED-{page.file}")
+        raise
+    browser.screenshot(path)
+    why = is_blank(path)
+    if why:
+        raise ScreenshotError(f"{path} ({page.what}) is blank: {why}")
+    return path
+
+
+def take(store: Path, out: Path, experiment: str | None = None, *, chromium: str | None = None,
+         timeout: float = 90.0, settle: float = 2.0, log=print) -> list[Path]:
+    """Photograph the UI pages over ``store`` into ``out``; returns the PNGs' paths."""
+    from mlflow import MlflowClient
+
+    store, out = Path(store).resolve(), Path(out).resolve()
+    if not (store / "mlflow.db").is_file():
+        raise ScreenshotError(f"no mlflow.db in {store}")
+    binary = chromium or find_chromium()
+    if binary is None:
+        raise ScreenshotError("no Chromium binary found (apt-get install chromium, or set MEDTI_CHROMIUM)")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("FAILED-*.png"):
+        stale.unlink()
+    with tempfile.TemporaryDirectory(prefix="medti-ui-") as tmp, \
+            mlflow_server(store, out / "mlflow-server.log") as url:
+        targets = find_targets(MlflowClient(tracking_uri=url, registry_uri=url), experiment)
+        browser = Browser(binary, Path(tmp))
+        try:
+            shots = []
+            for page in pages(url, targets):
+                shots.append(shoot(browser, page, out, timeout, settle))
+                log(f"{shots[-1]}  {page.url.replace(url, '')}")
+            return shots
+        finally:
+            browser.close()
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", type=Path, required=True, help="the dir holding mlflow.db (and mlartifacts/)")
+    ap.add_argument("--out", type=Path, required=True, help="where the PNGs go")
+    ap.add_argument("--experiment", default=None, help="experiment name (default: the one with the latest "
+                                                       "parent run)")
+    ap.add_argument("--timeout", type=float, default=90.0, help="seconds a page may take to render")
+    args = ap.parse_args(argv)
+    return take(args.store, args.out, args.experiment, timeout=args.timeout)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ScreenshotError as exc:
+        sys.exit(f"mlflow_ui_screenshots: {exc}")
