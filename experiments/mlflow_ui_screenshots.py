@@ -8,15 +8,18 @@ the DevTools protocol (the UI is a single-page app: each page is waited for unti
 - ``runs.png``           the experiment's runs list, the pipeline's parent run expanded to its nested child runs
 - ``run.png``            the parent run's page (overview: metrics, params, tags)
 - ``run_table.png``      the parent run's ``table.md`` in the artifact viewer (when it has one)
-- ``metric.png``         a training child run's metric chart (``loss`` when logged, else its longest history)
+- ``metric.png``         a training child run's metric chart (``loss``, else the first metric with 2+ points)
+- ``run_metrics.png``    that run's page, Model metrics tab (a chart per metric)
 - ``artifact_image.png`` an image artifact (``roc.png``, else a sample grid, else any PNG) in the artifact viewer
+- ``artifact_grid.png``  a sample grid (``*samples*.png``, ``*grid*.png``) too, when the image above is not one
 - ``models.png``         the registered models list
 - ``model.png``          a registered model's page: its versions and their aliases
 - ``model_version.png``  a model version's page (the champion's when there is one): aliases and tags
 
     python experiments/mlflow_ui_screenshots.py --store DIR --out DIR [--experiment NAME]
 
-Prints each PNG's path. Exits non-zero (naming the page, with the text the page showed) when a page did not render
+Prints each PNG's path and its URL, and why a page was left out (no table.md, no metric with two or more points,
+no PNG artifact, no registered model). Exits non-zero (naming the page, with the text the page showed) when a page did not render
 what it must, or a screenshot is blank. Needs a Chromium binary (``apt-get install chromium``; or set
 ``MEDTI_CHROMIUM``). The server and the browser are stopped on the way out, whatever happens.
 """
@@ -38,16 +41,18 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-WIDTH, HEIGHT = 1600, 1000
-# set in the page's localStorage before the UI loads: the classic-ML view of the UI (not the GenAI one), and the
-# MLflow Assistant's side panel closed (it opens itself on a first visit and takes a third of the width)
+WIDTH, HEIGHT, MAX_HEIGHT = 1600, 1000, 2400
+# set in the page's localStorage before the UI loads: the classic-ML view of the UI (not the GenAI one), the
+# MLflow Assistant's side panel closed (it opens itself on a first visit and takes a third of the width), and the
+# Models page's "new Model Registry UI" promotion dismissed (a modal over the list on a first visit)
 UI_PRESETS = {
     "mlflow.workflowType_v1": json.dumps("machine_learning"),
+    "_mlflow_model_registry_promo_modal_dismissed_v1": "true",
     "mlflow.assistant.panelOpen_v1": "false",
     "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true",
 }
@@ -229,6 +234,18 @@ class Browser:
             return self.eval("document.body ? document.body.innerText : ''") or ""
         return ""
 
+    def drag(self, x: float, y: float, dx: float, dy: float = 0.0) -> None:
+        """Press the left mouse button at (x, y), move by (dx, dy), release; then move the mouse out of the way."""
+        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        self.call("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", buttons=1, clickCount=1)
+        for i in range(1, 11):
+            self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x + dx * i / 10, y=y + dy * i / 10,
+                      button="left", buttons=1)
+            time.sleep(0.02)
+        self.call("Input.dispatchMouseEvent", type="mouseReleased", x=x + dx, y=y + dy, button="left", buttons=1,
+                  clickCount=1)
+        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=1, y=1)
+
     def screenshot(self, path: Path) -> Path:
         res = self.call("Page.captureScreenshot", format="png")
         path.write_bytes(base64.b64decode(res["data"]))
@@ -254,9 +271,12 @@ class Targets:
     metric: str | None = None
     image_run: object | None = None
     image_path: str | None = None
+    grid_run: object | None = None  # a sample grid, when the image above is not one
+    grid_path: str | None = None
     model: str | None = None
     version: str | None = None
     aliases: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # why pages are left out
 
 
 def _name(run) -> str:
@@ -312,9 +332,10 @@ def find_targets(client, experiment: str | None) -> Targets:
         todo += by_parent.get(r.info.run_id, [])
 
     t.table_md = next((p for p in _artifacts(client, parent.info.run_id) if Path(p).name == "table.md"), None)
-    if t.table_md:
-        with tempfile.TemporaryDirectory(prefix="medti-ui-") as tmp:
-            text = Path(client.download_artifacts(parent.info.run_id, t.table_md, tmp)).read_text(errors="replace")
+    if t.table_md:  # read as the UI reads it
+        query = urllib.parse.urlencode({"path": t.table_md, "run_uuid": parent.info.run_id})
+        with urllib.request.urlopen(f"{client.tracking_uri}/get-artifact?{query}", timeout=60) as r:
+            text = r.read().decode(errors="replace")
         word = re.search(r"[A-Za-z][A-Za-z0-9_.-]{2,}", text)
         t.table_word = word.group(0) if word else None
 
@@ -341,11 +362,20 @@ def find_targets(client, experiment: str | None) -> Targets:
                    if p.lower().endswith(".png")]
     if images:
         _, _, t.image_run, t.image_path = min(images, key=lambda x: (x[0], x[1]))
+        grids = [x for x in images if x[0] == 1]
+        if grids and image_rank(t.image_path) != 1:
+            _, _, t.grid_run, t.grid_path = min(grids, key=lambda x: x[1])
 
+    if t.table_md is None:
+        t.missing.append(f"run_table.png: run {_name(parent)} has no table.md artifact")
+    if t.train_run is None:
+        t.missing.append("metric.png, run_metrics.png: no child run has a metric with two or more points (medti "
+                         "reports the embedding loss every 25 steps)")
+    if t.image_run is None:
+        t.missing.append("artifact_image.png: no PNG artifact in the parent run or its children")
     models = client.search_registered_models()
-    with_aliases = [m for m in models if m.aliases]
-    if with_aliases or models:
-        m = (with_aliases or models)[0]
+    if models:  # the one whose versions carry the most aliases (champion and challenger), first by name on a tie
+        m = min(models, key=lambda m: (-len(m.aliases or {}), m.name))
         t.model = m.name
         aliases = dict(m.aliases or {})
         if "champion" in aliases:
@@ -356,6 +386,8 @@ def find_targets(client, experiment: str | None) -> Targets:
             versions = client.search_model_versions(f"name='{m.name}'")
             t.version = str(max(int(v.version) for v in versions)) if versions else None
         t.aliases = sorted(a for a, v in aliases.items() if str(v) == t.version)
+    else:
+        t.missing.append("models.png, model.png, model_version.png: no registered model")
     return t
 
 
@@ -398,29 +430,23 @@ class Page:
     url: str
     ready: str  # JS predicate: the page shows what it must
     what: str
-    action: str | None = None  # JS to run once ready (e.g. expand a row); then ``after`` must hold
-    after: str | None = None
-    height: int = HEIGHT
+    action: Callable[[Browser, float], None] | None = None  # run once ready (e.g. expand a row)
+    fit: bool = False  # grow the viewport (up to MAX_HEIGHT) until the page's scrolled content fits
 
 
 def pages(base: str, t: Targets) -> list[Page]:
     e, pid = t.experiment_id, t.parent.info.run_id
     parent_name = _name(t.parent)
     out = []
+    loaded_image = ("[...document.querySelectorAll('img')].some(i => i.complete && i.naturalWidth > 0 && "
+                    "(i.src.includes('artifact') || i.src.startsWith('blob:')))")
     child_names = [_name(c) for c in t.children][:3]
-    # the expander is the first button in the name cell of the parent's row (the row holding a link to its page)
-    expand = (
-        "(() => {const a = [...document.querySelectorAll('a')].find(x => (x.getAttribute('href') || '')"
-        f".endsWith('/runs/{pid}'));"
-        " const row = a && a.closest('[role=row]'); const b = row && row.querySelector('button');"
-        " if (!b) return false; b.click(); return true;})()"
-    )
     out.append(Page("runs.png", f"{base}/#/experiments/{e}/runs", _shows(parent_name) + " && "
-                    "document.querySelectorAll('[role=row]').length > 1",
-                    "the runs list with the parent run", expand, _shows(*child_names)))
+                    "document.querySelectorAll('[role=row]').length > 1", "the runs list with the parent run",
+                    lambda b, timeout: expand_parent(b, pid, child_names, timeout)))
     metric_names = sorted(t.parent.data.metrics)[:3]
     out.append(Page("run.png", f"{base}/#/experiments/{e}/runs/{pid}", _shows(parent_name, *metric_names),
-                    "the parent run's page with its metrics", height=1600))
+                    "the parent run's page with its metrics", fit=True))
     if t.table_md:
         out.append(Page("run_table.png", f"{base}/#/experiments/{e}/runs/{pid}/artifacts/{t.table_md}",
                         _shows(parent_name, Path(t.table_md).name, *([t.table_word] if t.table_word else [])),
@@ -442,13 +468,16 @@ def pages(base: str, t: Targets) -> list[Page]:
     if t.image_run is not None:
         rid = t.image_run.info.run_id
         out.append(Page("artifact_image.png", f"{base}/#/experiments/{e}/runs/{rid}/artifacts/{t.image_path}",
-                        "[...document.querySelectorAll('img')].some(i => i.complete && i.naturalWidth > 0 && "
-                        "(i.src.includes('artifact') || i.src.startsWith('blob:')))",
+                        loaded_image,
                         f"{t.image_path} of {_name(t.image_run)} in the artifact viewer"))
+    if t.grid_run is not None:
+        rid = t.grid_run.info.run_id
+        out.append(Page("artifact_grid.png", f"{base}/#/experiments/{e}/runs/{rid}/artifacts/{t.grid_path}",
+                        loaded_image, f"{t.grid_path} of {_name(t.grid_run)} in the artifact viewer"))
     if t.model:
         out.append(Page("models.png", f"{base}/#/models", _shows(t.model), "the registered models list"))
         out.append(Page("model.png", f"{base}/#/models/{_q(t.model)}", _shows(t.model, *t.aliases),
-                        f"registered model {t.model}"))
+                        f"registered model {t.model}", fit=True))
         if t.version:
             out.append(Page("model_version.png", f"{base}/#/models/{_q(t.model)}/versions/{t.version}",
                             _shows(t.model, f"Version {t.version}", *t.aliases),
@@ -456,17 +485,65 @@ def pages(base: str, t: Targets) -> list[Page]:
     return out
 
 
+def expand_parent(browser: Browser, pid: str, child_names: list[str], timeout: float) -> None:
+    """On the runs list: click the parent run's expander (the button in the name cell of the row that links to its
+    page), wait for its children to show, and widen the Run Name column so that their names are not cut."""
+    clicked = browser.eval(
+        "(() => {const a = [...document.querySelectorAll('a')].find(x => (x.getAttribute('href') || '')"
+        f".endsWith('/runs/{pid}'));"
+        " const row = a && a.closest('[role=row]'); const b = row && row.querySelector('button');"
+        " if (!b) return false; b.click(); return true;})()")
+    if not clicked:
+        raise ScreenshotError(f"the runs list has no expander on the row of run {pid}; the page showed:\n"
+                              f"{browser.text()[:1500]}")
+    browser.wait_for(_shows(*child_names), timeout, "the parent run's child runs under it")
+    widest = browser.eval(  # how much the longest run name is cut by
+        "Math.max(0, ...[...document.querySelectorAll('[col-id=\"attributes.`Run Name`\"] a span')]"
+        ".map(x => x.scrollWidth - x.clientWidth))") or 0
+    # the column's resize handle, at a point where it is on top (its right half lies under the next header)
+    handle = browser.eval(
+        "(() => {const h = [...document.querySelectorAll('.ag-header-cell')].find(x => "
+        "(x.getAttribute('col-id') || '').includes('Run Name'));"
+        " const r = h && h.querySelector('.ag-header-cell-resize'); if (!r) return null;"
+        " const b = r.getBoundingClientRect(); const x = b.x + Math.min(1.5, b.width / 4), y = b.y + b.height / 2;"
+        " return document.elementFromPoint(x, y) === r ? [x, y] : null;})()")
+    if widest > 0 and handle:  # cosmetic: without it the names are cut, the page is still right
+        browser.drag(handle[0], handle[1], min(float(widest) + 24, 400.0))
+
+
+# how far below the bottom of the app's main scrolling boxes (those over half the window high) the lowest visible
+# leaf element that shows text or a picture lies: by that much the window must grow to show it all (a box's scrollHeight counts padding too)
+FIT_JS = """(() => {
+  let hidden = 0;
+  for (const box of document.querySelectorAll('*')) {
+    if (!/(auto|scroll)/.test(getComputedStyle(box).overflowY) || box.clientHeight <= innerHeight / 2
+        || box.scrollHeight <= box.clientHeight) continue;
+    const limit = box.getBoundingClientRect().bottom;
+    for (const el of box.querySelectorAll('*')) {
+      if (el.children.length || !(el.textContent.trim() || /^(img|canvas|input|textarea|path|rect|circle)$/i
+          .test(el.tagName))) continue;  // leaves that show something (not the spacers some pages end with)
+      const r = el.getBoundingClientRect();
+      if (r.width > 0 && r.height > 0 && getComputedStyle(el).visibility !== 'hidden')
+        hidden = Math.max(hidden, r.bottom - limit);
+    }
+  }
+  return hidden;
+})()"""
+
+
 def shoot(browser: Browser, page: Page, out: Path, timeout: float, settle: float) -> Path:
     path = out / page.file
-    browser.resize(WIDTH, page.height)
+    browser.resize(WIDTH, HEIGHT)
     browser.goto(page.url)
     try:
         browser.wait_for(page.ready, timeout, page.what)
         if page.action:
-            if not browser.eval(page.action):
-                raise ScreenshotError(f"{page.what}: the action found nothing to act on; the page showed:\n"
-                                      f"{browser.text()[:1500]}")
-            browser.wait_for(page.after or "true", timeout, f"{page.what} after the action")
+            page.action(browser, timeout)
+        if page.fit:
+            time.sleep(settle)  # late sections first
+            hidden = browser.eval(FIT_JS) or 0
+            if hidden > 0:
+                browser.resize(WIDTH, min(HEIGHT + int(hidden) + 24, MAX_HEIGHT))
         time.sleep(settle)  # charts animate, images decode, late requests land
     except ScreenshotError:
         browser.screenshot(out / f"FAILED-{page.file}")
@@ -493,8 +570,10 @@ def take(store: Path, out: Path, experiment: str | None = None, *, chromium: str
     for stale in out.glob("FAILED-*.png"):
         stale.unlink()
     with tempfile.TemporaryDirectory(prefix="medti-ui-") as tmp, \
-            mlflow_server(store, out / "mlflow-server.log") as url:
+            mlflow_server(store, Path(tmp) / "mlflow-server.log") as url:  # its log's tail is in any start error
         targets = find_targets(MlflowClient(tracking_uri=url, registry_uri=url), experiment)
+        for why in targets.missing:
+            log(f"left out: {why}")
         browser = Browser(binary, Path(tmp))
         try:
             shots = []

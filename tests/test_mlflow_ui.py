@@ -1,6 +1,7 @@
 """The MLflow UI screenshots (experiments/mlflow_ui_screenshots.py) over a small store made here with MlflowClient:
 a parent run with a nested child run, a metric history, a PNG and a table.md artifact, a registered model whose
-version is ``champion``. Needs a Chromium binary: .ci/run does not install one, so there this test skips."""
+version is ``champion``. Needs a Chromium binary (``apt-get install chromium``): .ci/run does not install one, so
+there this test skips (and it is marked slow, so the default suite leaves it out anyway)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def make_store(root: Path) -> dict[str, str]:
     return {"parent": parent, "child": child}
 
 
+@pytest.mark.slow  # ~45 s: an mlflow server, Chromium, nine pages of a single-page app
 def test_screenshots_of_the_mlflow_ui(tmp_path):
     mod = _script()
     if mod.find_chromium() is None:

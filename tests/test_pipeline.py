@@ -24,9 +24,10 @@ DATASET = "phantom-prostate"  # dataset.json's name for generated prostate phant
 CLASSIFIER = f"medti-{DATASET}-csPCa-classifier"
 EMBEDDING = f"medti-{DATASET}-csPCa"
 
-#: the smallest pipeline that still does every step: 2 concepts, 8 synthetic images, 2 conditions x 1 seed
+#: the smallest pipeline that still does every step: 2 concepts, 8 synthetic images, one classifier (mixed data:
+#: it reads both the real and the synthetic set)
 SMALL = {"embedding_steps": 4, "vectors": 2, "embedding_cases": 10, "synthetic_count": 8, "sampler_steps": 2,
-         "classifier_steps": 4, "conditions": [{"condition": "real", "seed": 0}, {"condition": "mixed", "seed": 0}]}
+         "classifier_steps": 4, "conditions": [{"condition": "mixed", "seed": 0}]}
 
 
 def test_the_committed_yaml_is_what_the_pipeline_compiles_to(tmp_path):
@@ -68,16 +69,42 @@ def test_the_compiled_pipeline_asks_kubernetes_for_what_training_needs():
     assert val == {"componentInputParameter": "pipelinechannel--check-data-version-dataset_version"}
 
 
+def test_collect_chooses_by_validation_auc_and_tables_every_condition(tmp_path):
+    from medti.experiment.conditions import Evaluated, collect_evaluations
+
+    def bundle(name):
+        d = tmp_path / name
+        (d / "classifier").mkdir(parents=True)
+        (d / "classifier" / "who").write_text(name)
+        return d
+
+    runs = [Evaluated(bundle("real-0"), "real", 0, auc=0.90, val_auc=0.70),
+            Evaluated(bundle("real-1"), "real", 1, auc=0.80, val_auc=0.75),
+            Evaluated(bundle("syn-0"), "synthetic", 0, auc=0.95, val_auc=0.60),
+            Evaluated(bundle("mixed-0"), "mixed", 0, auc=0.60, val_auc=0.65)]
+    out = collect_evaluations(runs, table=tmp_path / "t.md", chosen=tmp_path / "c", embedding_evidence=tmp_path / "e")
+    # the test split judges, it does not choose: real seed 1 has the best validation AUC, not the best test AUC
+    assert (tmp_path / "c" / "classifier" / "who").read_text() == "real-1" and out["chosen"] == "real-s1"
+    assert out["chosen_test_auc"] == 0.80
+    # the embedding is judged on the best classifier that learned from synthetic data (by validation AUC)
+    assert (tmp_path / "e" / "classifier" / "who").read_text() == "mixed-0" and out["embedding_test_auc"] == 0.60
+    table = (tmp_path / "t.md").read_text()
+    assert "| real | **0.850** ± 0.071 | 2 | 0.900, 0.800 |" in table and out["auc.synthetic"] == 0.95
+    assert table.index("| real |") < table.index("| synthetic |") < table.index("| mixed |")
+
+
 # ----------------------------------------------------------------------------- the real pipeline
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, mlflow_server):
+def world(tmp_path_factory):
     """A git + DVC repository holding a snapshotted phantom dataset, a micro base (32 px, as the phantoms: real and
-    synthetic images of one classifier must match), the session's mlflow server."""
+    synthetic images of one classifier must match), and a real mlflow server of its own (the registry's names
+    are the dataset's, which other tests register too)."""
     from dvc.repo import Repo
 
     from medti.data.phantoms import PhantomConfig, generate_phantoms
     from medti.data.versions import SnapshotConfig, snapshot_dataset
     from medti.diffusion.base import build_micro
+    from servers import tracking_server
 
     base_dir = tmp_path_factory.mktemp("pipeline")
     repo = base_dir / "repo"
@@ -92,9 +119,10 @@ def world(tmp_path_factory, mlflow_server):
                                                preset="subtle")).out
         v1 = snapshot_dataset(SnapshotConfig(dataset=data, push=False)).version
         base = build_micro(base_dir / "micro")
-        yield {"root": base_dir, "data": data, "v1": v1, "base": str(base), "uri": mlflow_server,
-               "params": {"data": str(data), "base": str(base), "tracking_uri": mlflow_server,
-                          "experiment_name": "pipeline-test", **SMALL}}
+        with tracking_server(base_dir / "mlflow") as uri:
+            yield {"root": base_dir, "data": data, "v1": v1, "base": str(base), "uri": uri,
+                   "params": {"data": str(data), "base": str(base), "tracking_uri": uri,
+                              "experiment_name": "pipeline-test", **SMALL}}
 
 
 def _client(uri):
@@ -130,13 +158,13 @@ def test_the_first_run_registers_champions_with_lineage_and_every_task_nested_un
     children = _children(w["uri"], parent.info.run_id)
     names = sorted(r.info.run_name for r in children)
     assert names == sorted(["validate_data", "train_embedding-csPCa", "train_embedding-healthy", "synthesize",
-                            "train_classifier-real-s0", "evaluate-real-s0", "train_classifier-mixed-s0",
-                            "evaluate-mixed-s0", "register_classifier", "register_embedding"]), names
+                            "train_classifier-mixed-s0", "evaluate-mixed-s0", "register_classifier",
+                            "register_embedding"]), names
     assert all(r.info.status == "FINISHED" for r in children)
     # the table and the figures of each condition reach the parent run
-    assert {"auc.real", "auc.mixed", "chosen_test_auc"} <= set(parent.data.metrics)
+    assert {"auc.mixed", "chosen_test_auc"} <= set(parent.data.metrics)
     table = Path(c.download_artifacts(parent.info.run_id, "table.md", str(w["root"]))).read_text()
-    assert "| real |" in table and "| mixed |" in table
+    assert "| mixed |" in table
     # the registry: version 1 of each, champion, carrying the data version the next run compares with
     clf = c.get_model_version_by_alias(CLASSIFIER, "champion")
     emb = c.get_model_version_by_alias(EMBEDDING, "champion")
