@@ -33,7 +33,9 @@ def run_demo_pipeline(data: Path, out: Path, *, base: str = "tiny", uri: str | N
               "force": True, **DEMO, **overrides}
     root = run_local(params, Path(out) / "pipeline", quiet=True, progress=progress)
     text = last_pipeline_run(uri, "medti-demo")
-    figures = sorted(p for p in (root / "kfp").rglob("*.png") if "images" not in p.parts)
-    lines = [text, "", "figures:"] + [f"  {p}" for p in figures[-12:]]
+    runs = sorted((root / "kfp").glob("medti-*"), key=lambda d: d.stat().st_mtime)
+    # ROC curves and sample grids, not the datasets' images and masks
+    figures = sorted(p for p in runs[-1].rglob("*.png") if not {"images", "masks"} & set(p.parts)) if runs else []
+    lines = [text, "", "figures:"] + [f"  {p}" for p in figures]
     lines.append(f"kfp's log: {root / 'pipeline.log'}")
     return "\n".join(lines)

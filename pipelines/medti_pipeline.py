@@ -7,7 +7,9 @@
 
 Every task logs to MLflow as a child of the one parent run the first step opens. The Kubernetes settings live
 here: GPU tasks ask for one GPU and the memory and CPU an SD-2 run needs, training tasks retry with backoff (and
-resume from their checkpoints), caching keys on the dataset's DVC version. ``make_pipeline(parallelism)`` builds
+resume from their checkpoints), validate takes the dataset's DVC version as an input for caching (Kubeflow caches
+by input values and artifact URIs). Every task also takes the parent run's id, new in each pipeline run, so the
+cache does not reuse tasks across pipeline runs yet. ``make_pipeline(parallelism)`` builds
 the same graph with another fan-out limit; ``medti pipeline run`` uses 1 (one CPU-bound task at a time here).
 
     python -m pipelines.medti_pipeline      # = medti pipeline compile: writes pipelines/medti_pipeline.yaml

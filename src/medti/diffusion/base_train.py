@@ -399,7 +399,7 @@ def build_tiny(out: Path, progress: bool = True, spec: str = "tiny") -> Path:
     name, spec = spec, SPECS[spec]
     if progress:
         print(
-            "building the embedded tiny Stable Diffusion (first use only; about 10 min on 2 CPU cores, "
+            "building the embedded tiny Stable Diffusion (first use only; about 20 min on 2 CPU cores, "
             "much less on a GPU) "
             f"-> {out}",
             flush=True,
