@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # servers.py: how the tests run mlflow
+from servers import free_port, running  # noqa: E402
+
 WIDTH, HEIGHT, MAX_HEIGHT = 1600, 1000, 2400
 # set in the page's localStorage before the UI loads: the classic-ML view of the UI (not the GenAI one), the
 # MLflow Assistant's side panel closed (it opens itself on a first visit and takes a third of the width), and the
@@ -82,12 +84,6 @@ def chromium_version(binary: str) -> str:
     return res.stdout.strip() or res.stderr.strip()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ----------------------------------------------------------------------------- the server
 @contextlib.contextmanager
 def mlflow_server(store: Path, log_path: Path, timeout: float = 180.0) -> Iterator[str]:
@@ -99,34 +95,14 @@ def mlflow_server(store: Path, log_path: Path, timeout: float = 180.0) -> Iterat
             "--backend-store-uri", f"sqlite:///{(store / 'mlflow.db').resolve()}",
             "--default-artifact-root", (store / "mlartifacts").resolve().as_uri()]
     env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # mlflow starts uvicorn by name
-    env.setdefault("OMP_NUM_THREADS", "1")
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job-runner workers: nothing here uses them
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    with open(log_path, "w+b") as log:
-        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        try:
-            _wait_http(f"{url}/health", proc, log, timeout, "mlflow server")
-            yield url
-        finally:
-            _stop(proc)
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            raise ScreenshotError(f"{what} did not come up (exit {proc.poll()}):\n"
-                                  f"{log.read().decode(errors='replace')[-4000:]}")
-        time.sleep(0.25)
+    with contextlib.ExitStack() as stack:
+        try:  # the test suite's server runner: PATH for uvicorn, one OpenMP thread, /health, whole-group stop
+            stack.enter_context(running(args, f"{url}/health", log_path, env, timeout))
+        except RuntimeError as e:
+            raise ScreenshotError(str(e)) from None
+        yield url
 
 
 def _stop(proc: subprocess.Popen) -> None:
