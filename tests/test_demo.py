@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
@@ -12,18 +11,9 @@ from medti.demo import DemoConfig, run_demo
 
 @pytest.fixture()
 def dvc_repo(tmp_path, monkeypatch):
-    from dvc.repo import Repo
+    from repos import dvc_repo
 
-    for var, sub in (("DVC_SITE_CACHE_DIR", "site-cache"), ("DVC_GLOBAL_CONFIG_DIR", "global"), ("DVC_SYSTEM_CONFIG_DIR", "system")):
-        monkeypatch.setenv(var, str(tmp_path / sub))
-    root = tmp_path / "repo"
-    root.mkdir()
-    subprocess.run(["git", "init", "-q", str(root)], check=True)
-    Repo.init(str(root)).close()
-    with Repo(str(root)) as r, r.config.edit() as conf:
-        conf["core"]["remote"] = "local"
-        conf["remote"]["local"] = {"url": str(tmp_path / "remote")}
-    return root
+    return dvc_repo(tmp_path, monkeypatch, remote=tmp_path / "remote")
 
 
 def test_demo_runs_end_to_end_and_says_where_outputs_are(dvc_repo, tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ task killed half-way is retried by kfp and ends with the embedding an uninterrup
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -99,22 +98,15 @@ def world(tmp_path_factory):
     """A git + DVC repository holding a snapshotted phantom dataset, a micro base (32 px, as the phantoms: real and
     synthetic images of one classifier must match), and a real mlflow server of its own (the registry's names
     are the dataset's, which other tests register too)."""
-    from dvc.repo import Repo
-
     from medti.data.phantoms import PhantomConfig, generate_phantoms
     from medti.data.versions import SnapshotConfig, snapshot_dataset
     from medti.diffusion.base import build_micro
+    from repos import dvc_repo
     from servers import tracking_server
 
     base_dir = tmp_path_factory.mktemp("pipeline")
-    repo = base_dir / "repo"
-    repo.mkdir()
     with pytest.MonkeyPatch.context() as mp:
-        for var, sub in (("DVC_SITE_CACHE_DIR", "site-cache"), ("DVC_GLOBAL_CONFIG_DIR", "global"),
-                         ("DVC_SYSTEM_CONFIG_DIR", "system")):
-            mp.setenv(var, str(base_dir / sub))  # the component subprocesses inherit them
-        subprocess.run(["git", "init", "-q", str(repo)], check=True)
-        Repo.init(str(repo)).close()
+        repo = dvc_repo(base_dir, mp)  # its DVC environment reaches the component subprocesses too
         data = generate_phantoms(PhantomConfig(kind="prostate", out=repo / "data" / "prostate", n=60, size=32,
                                                preset="subtle")).out
         v1 = snapshot_dataset(SnapshotConfig(dataset=data, push=False)).version

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,22 +23,11 @@ from test_validate import BREAKAGES, FINDING, edit, make_dataset, noise, png, pu
 def repo(tmp_path_factory) -> Iterator[Path]:
     """A git + DVC repository whose default remote is a local dir (tmp/remote); DVC's
     site cache and global/system config live in tmp too, so the test is hermetic."""
-    from dvc.repo import Repo
+    from repos import dvc_repo
 
     base = tmp_path_factory.mktemp("dvc")
-    root = base / "repo"
-    root.mkdir()
     with pytest.MonkeyPatch.context() as mp:
-        for var, sub in (("DVC_SITE_CACHE_DIR", "site-cache"), ("DVC_GLOBAL_CONFIG_DIR", "global"),
-                         ("DVC_SYSTEM_CONFIG_DIR", "system")):
-            mp.setenv(var, str(base / sub))
-        subprocess.run(["git", "init", "-q", str(root)], check=True)
-        Repo.init(str(root)).close()
-        with Repo(str(root)) as r, r.config.edit() as conf:
-            conf["core"]["remote"] = "local"
-            conf["core"]["check_update"] = False
-            conf["remote"]["local"] = {"url": str(base / "remote")}
-        yield root
+        yield dvc_repo(base, mp, remote=base / "remote")
 
 
 @pytest.fixture(scope="module")
