@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from medti.cli import base, classify, data, demo, embed, experiment, pipeline, registry, synth
+from medti.cli import base, classify, data, demo, embed, experiment, pipeline, quality, registry, synth
 from medti.cli._common import TRACKING_OPTIONS
 
 app = typer.Typer(
@@ -50,5 +50,6 @@ app.add_typer(embed.app, name="embed")
 app.add_typer(synth.app, name="synth")
 app.add_typer(classify.app, name="classify")
 app.add_typer(experiment.app, name="experiment")
+app.add_typer(quality.app, name="quality")
 app.add_typer(registry.app, name="registry")
 app.add_typer(pipeline.app, name="pipeline")

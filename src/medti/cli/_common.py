@@ -39,8 +39,9 @@ def run(fn, cfg, interrupted: str = INTERRUPTED):
     from medti.diffusion.textual_inversion import TrainingError
     from medti.experiment import ExperimentError
     from medti.io import OutputError  # DatasetError and SynthesisError are OutputErrors too
+    from medti.quality import QualityError
 
-    user_errors = (OutputError, BaseModelError, EmbeddingError, TrainingError, ClassifierError, ExperimentError,
+    user_errors = (OutputError, BaseModelError, EmbeddingError, TrainingError, ClassifierError, ExperimentError, QualityError,
                    FileNotFoundError, FileExistsError)
     tracking = _tracking() if dataclasses.is_dataclass(cfg) else None
     try:
