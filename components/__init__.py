@@ -6,8 +6,11 @@ configured) and returns outputs and artifacts. No logic of its own and no pip at
 the project image (:data:`MEDTI_IMAGE`, built from ``infra/docker/``), which holds medti, so ``install_kfp_package``
 is off and nothing is installed when a pod starts.
 
-Every component takes ``tracking_uri``, ``experiment_name`` and ``parent_run_id`` (empty: the ``MLFLOW_*``
-environment the cluster's secret sets, ``infra/k8s/``).
+Every component takes ``tracking_uri`` and ``experiment_name`` (empty: the ``MLFLOW_*`` environment the cluster's
+secret sets, ``infra/k8s/``). The cacheable ones take the dataset's DVC version, not the parent run's id: an input
+that is new in every pipeline run would stop Kubeflow from ever reusing a task (its cache keys on the inputs), so
+they find their parent run by that version (:func:`medti.tracking.pipeline.pipeline_parent`). Only the uncached
+register and finish take the parent run's id.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from components import MEDTI_IMAGE
 @dsl.component(base_image=MEDTI_IMAGE, install_kfp_package=False)
 def evaluate(
     classifier: Input[Model], test: Input[Dataset], evaluation: Output[Artifact], seed: int = 0,
-    tracking_uri: str = "", experiment_name: str = "", parent_run_id: str = "",
+    tracking_uri: str = "", experiment_name: str = "", dataset_version: str = "",
 ) -> float:
     """Returns the test AUC (mean over targets)."""
     from pathlib import Path
@@ -26,7 +26,7 @@ def evaluate(
                          overwrite=True, validate=False)
     name = f"evaluate-{classifier.metadata.get('condition', '')}-s{int(classifier.metadata.get('seed', seed))}"
     res = run_step(evaluate_classifier, cfg, uri=tracking_uri, experiment=experiment_name,
-                   parent_run_id=parent_run_id, name=name)
+                   dataset_version=dataset_version, name=name)
     link_tree(Path(classifier.path), bundle / "classifier")
     evaluation.metadata.update({**classifier.metadata, "auc": res.auc})
     return res.auc

@@ -12,7 +12,7 @@ def synthesize(
     data: Input[Dataset], embeddings: Input[list[Artifact]], synthetic: Output[Dataset], target: str,
     concepts: list, count: int = 2000, base: str = "tiny", negatives: bool = True, scheduler: str = "dpmpp",
     sampler_steps: int = 20, guidance: float = 3.0, batch: int = 8, seed: int = 0,
-    tracking_uri: str = "", experiment_name: str = "", parent_run_id: str = "",
+    tracking_uri: str = "", experiment_name: str = "", dataset_version: str = "",
 ) -> int:
     """``count`` images, half of the finding's concept (``concepts[0]``, labelled ``target`` = 1) and half of the
     other (``target`` = 0), each sampled with the other concept as negative prompt when ``negatives``."""
@@ -32,6 +32,6 @@ def synthesize(
         "sampler": {"scheduler": scheduler, "steps": sampler_steps, "guidance": guidance, "batch": batch},
     }, out.parent)
     res = run_step(step, SynthesisConfig(spec=spec, out=out, overwrite=True, progress=False), uri=tracking_uri,
-                   experiment=experiment_name, parent_run_id=parent_run_id, name="synthesize")
+                   experiment=experiment_name, dataset_version=dataset_version, name="synthesize")
     synthetic.metadata.update({"images": res.n})
     return res.n

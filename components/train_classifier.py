@@ -10,7 +10,7 @@ from components import MEDTI_IMAGE
 def train_classifier(
     real: Input[Dataset], synthetic: Input[Dataset], classifier: Output[Model], target: str, condition: str,
     seed: int = 0, steps: int = 500, batch: int = 32, lr: float = 0.001, eval_every: int = 50,
-    tracking_uri: str = "", experiment_name: str = "", parent_run_id: str = "",
+    tracking_uri: str = "", experiment_name: str = "", dataset_version: str = "",
 ) -> float:
     """``condition``: real | synthetic | mixed (which train splits it learns from); the real dataset's val split
     picks the checkpoint. Returns the validation AUC."""
@@ -24,7 +24,7 @@ def train_classifier(
     cfg = ClassifierConfig(train=condition_dirs(condition, Path(real.path), Path(synthetic.path)),
                            val=Path(real.path), targets=[target], out=Path(classifier.path), seed=seed, steps=steps,
                            batch=batch, lr=lr, eval_every=eval_every, validate=False, overwrite=True, progress=False)
-    res = run_step(step, cfg, uri=tracking_uri, experiment=experiment_name, parent_run_id=parent_run_id,
+    res = run_step(step, cfg, uri=tracking_uri, experiment=experiment_name, dataset_version=dataset_version,
                    name=f"train_classifier-{condition}-s{seed}")
     classifier.metadata.update({"condition": condition, "seed": seed, "val_auc": res.val_auc})
     return res.val_auc

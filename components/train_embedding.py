@@ -11,7 +11,7 @@ def train_embedding(
     data: Input[Dataset], embedding: Output[Artifact], concept: str, target: str, label: int,
     base: str = "tiny", vectors: int = 16, steps: int = 2000, lr: float = 0.005, batch: int = 8,
     max_images: int = 100, init_text: str = "mri", seed: int = 0,
-    tracking_uri: str = "", experiment_name: str = "", parent_run_id: str = "",
+    tracking_uri: str = "", experiment_name: str = "", dataset_version: str = "",
 ) -> float:
     """Learns ``<concept>`` from the train cases with ``target == label``; returns the final loss. The embedding is
     ``<concept>.safetensors`` in the output artifact, its checkpoints beside it (a retry continues from them)."""
@@ -25,7 +25,7 @@ def train_embedding(
     cfg = EmbeddingConfig(data=Path(data.path), concept=concept, where=f"{target}={label}", base=base,
                           vectors=vectors, steps=steps, lr=lr, batch=batch, max_images=max_images,
                           init_text=init_text, seed=seed, out=out, resume=True, overwrite=True, min_per_class=1)
-    res = run_step(step, cfg, uri=tracking_uri, experiment=experiment_name, parent_run_id=parent_run_id,
+    res = run_step(step, cfg, uri=tracking_uri, experiment=experiment_name, dataset_version=dataset_version,
                    name=f"train_embedding-{concept}")
     embedding.metadata.update({"concept": concept, "final_loss": res.final_loss, "file": out.name})
     return res.final_loss

@@ -10,7 +10,7 @@ from components import MEDTI_IMAGE
 @dsl.component(base_image=MEDTI_IMAGE, install_kfp_package=False)
 def validate_data(
     data: str, dataset: Output[Dataset], report: Output[Artifact], dataset_version: str = "",
-    tracking_uri: str = "", experiment_name: str = "", parent_run_id: str = "",
+    tracking_uri: str = "", experiment_name: str = "",
 ) -> int:
     """Returns the number of cases; fails (naming the rule and the rows) when the dataset does not validate.
     ``dataset_version`` (the DVC md5 the first step read) is what caching keys on: Kubeflow caches a task by its
@@ -22,6 +22,6 @@ def validate_data(
 
     res = run_step(publish_validated, PublishConfig(data=Path(data), out=Path(dataset.path),
                                                     report=Path(report.path)),
-                   uri=tracking_uri, experiment=experiment_name, parent_run_id=parent_run_id, name="validate_data")
+                   uri=tracking_uri, experiment=experiment_name, dataset_version=dataset_version, name="validate_data")
     dataset.metadata.update({"cases": res.cases, "dataset_version": dataset_version or res.dataset_version})
     return res.cases

@@ -3,10 +3,12 @@ Python (``SubprocessRunner(use_venv=False)``: medti is already installed, nothin
 time, outputs under ``ROOT/kfp``, kfp.local's cache under ``ROOT/kfp-cache``.
 
 With ``quiet``, kfp's log (its own lines and every task's output) goes to ``ROOT/pipeline.log`` instead of the
-terminal, and ``progress`` gets one line per task as it starts and ends.
+terminal, and ``progress`` gets one line per task as it starts and ends, or is reused from kfp's cache (a rerun on
+the same dataset version with the same settings; kfp.local says so only through the root logger at INFO).
 """
 
 import contextlib
+import logging
 import re
 import sys
 import warnings
@@ -17,6 +19,8 @@ from typing import Any
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _ENDED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_CACHED = re.compile(r"Task (\S+) cache hit")
+_REUSED = re.compile(r"Task '([^']+)' reused from kfp's cache")
 
 
 def plain(text: str) -> str:
@@ -37,14 +41,41 @@ class _TaskLines:
         *lines, self.buf = self.buf.split("\n")
         for line in lines:
             line = plain(line)
-            if self.progress and (m := _STARTED.search(line) or _ENDED.search(line)):
+            if self.progress and (m := _STARTED.search(line) or _ENDED.search(line) or _REUSED.search(line)):
                 with contextlib.redirect_stdout(self.terminal):
                     self.progress(f"[task] {m.group(1)} ..." if m.re is _STARTED else
+                                  f"[task] {m.group(1)}: cached" if m.re is _REUSED else
                                   f"[task] {m.group(1)}: {m.group(2).lower()}")
         return len(text)
 
     def flush(self) -> None:
         self.log.flush()
+
+
+class _CacheHits(logging.Handler):
+    """kfp.local's cache-hit records (root logger, INFO) as lines of the log and the progress."""
+
+    def __init__(self, out):
+        super().__init__(logging.INFO)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if m := _CACHED.search(record.getMessage()):
+            self.out.write(f"Task '{m.group(1)}' reused from kfp's cache\n")
+
+
+@contextlib.contextmanager
+def _cache_hits(out):
+    root, handler = logging.getLogger(), _CacheHits(out)
+    level = root.level
+    root.addHandler(handler)
+    if level > logging.INFO:  # (NOTSET, 0, already lets everything through)
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def run_local(params: dict[str, Any], root: Path, *, cache: bool = True, quiet: bool = False,
@@ -70,5 +101,6 @@ def run_local(params: dict[str, Any], root: Path, *, cache: bool = True, quiet: 
         if quiet:
             log = stack.enter_context(open(root / "pipeline.log", "a", encoding="utf-8"))
             stack.enter_context(contextlib.redirect_stdout(_TaskLines(log, progress)))
+        stack.enter_context(_cache_hits(sys.stdout))
         pipeline(**params)
     return root

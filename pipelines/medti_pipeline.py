@@ -7,9 +7,10 @@
 
 Every task logs to MLflow as a child of the one parent run the first step opens. The Kubernetes settings live
 here: GPU tasks ask for one GPU and the memory and CPU an SD-2 run needs, training tasks retry with backoff (and
-resume from their checkpoints), validate takes the dataset's DVC version as an input for caching (Kubeflow caches
-by input values and artifact URIs). Every task also takes the parent run's id, new in each pipeline run, so the
-cache does not reuse tasks across pipeline runs yet. ``make_pipeline(parallelism)`` builds
+resume from their checkpoints), and caching keys on the dataset's DVC version: Kubeflow caches a task by its input
+values and artifact URIs, so the cacheable tasks take that version (and find their MLflow parent run by it), never
+the parent run's id, which is new in every pipeline run. A forced rerun on the same data, or one with other
+classifier settings, reuses the validated data, the embeddings and the synthetic set. ``make_pipeline(parallelism)`` builds
 the same graph with another fan-out limit; ``medti pipeline run`` uses 1 (one CPU-bound task at a time here).
 
     python -m pipelines.medti_pipeline      # = medti pipeline compile: writes pipelines/medti_pipeline.yaml
@@ -70,10 +71,11 @@ def make_pipeline(parallelism: int = 4):
         track = {"tracking_uri": tracking_uri, "experiment_name": experiment_name}
         # Step 1: the parent run; is there anything new to learn from?
         check = check_data_version(data=data, target=target, force=force, **track).set_caching_options(False)
-        run = {**track, "parent_run_id": check.outputs["parent_run_id"]}
+        run = {**track, "dataset_version": check.outputs["dataset_version"]}  # the cache key; the parent run by it
+        parent = {**track, "parent_run_id": check.outputs["parent_run_id"]}  # for the uncached tasks
         with dsl.If(check.outputs["changed"] == True, name="new-data"):  # noqa: E712 - a pipeline condition
             # Step 2: the validation gate; its output is the data every later task reads
-            val = validate_data(data=data, dataset_version=check.outputs["dataset_version"], **run)
+            val = validate_data(data=data, **run)
             real = val.outputs["dataset"]
             # Step 3: one embedding per concept
             with dsl.ParallelFor(concepts, parallelism=parallelism, name="concepts") as concept:
@@ -94,7 +96,7 @@ def make_pipeline(parallelism: int = 4):
             col = collect(evaluations=dsl.Collected(ev.outputs["evaluation"]))
             reg = register(real=real, chosen=col.outputs["chosen"], embedding_evidence=col.outputs["embedding_evidence"],
                            embeddings=dsl.Collected(emb.outputs["embedding"]), concept=target, dataset_version=check.outputs["dataset_version"],
-                           base=base, **run).set_caching_options(False)
+                           base=base, **parent).set_caching_options(False)
             finish(parent_run_id=check.outputs["parent_run_id"], summary=col.outputs["Output"], registered=reg.output,
                    **track).set_caching_options(False)
         with dsl.Else(name="no-new-data"):

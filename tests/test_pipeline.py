@@ -7,6 +7,7 @@ task killed half-way is retried by kfp and ends with the embedding an uninterrup
 """
 
 import os
+import re
 import signal
 import threading
 import time
@@ -63,9 +64,16 @@ def test_the_compiled_pipeline_asks_kubernetes_for_what_training_needs():
         assert every[name]["retryPolicy"]["maxRetryCount"] == 2
     for name in ("check-data-version", "register", "finish", "finish-2"):
         assert not every[name].get("cachingOptions", {}).get("enableCache")
-    # caching keys on the data version: validate takes it as an input, from the first step
-    val = every["validate-data"]["inputs"]["parameters"]["dataset_version"]
-    assert val == {"componentInputParameter": "pipelinechannel--check-data-version-dataset_version"}
+    # caching keys on the data version: every cached task takes it, from the first step, and none takes the
+    # parent run's id (new in every pipeline run, it would make every cache key new)
+    cached = [n for n, t in every.items() if (t.get("cachingOptions") or {}).get("enableCache")]
+    assert {"validate-data", "train-embedding", "synthesize", "train-classifier", "evaluate"} <= set(cached)
+    for name in cached:
+        params = every[name].get("inputs", {}).get("parameters", {})
+        assert "parent_run_id" not in params, name
+        if name != "collect":
+            assert params["dataset_version"] == {
+                "componentInputParameter": "pipelinechannel--check-data-version-dataset_version"}, name
 
 
 def test_collect_chooses_by_validation_auc_and_tables_every_condition(tmp_path):
@@ -188,6 +196,27 @@ def test_a_rerun_without_new_cases_ends_without_training_and_says_why(first_run)
     assert time.time() - t0 < 60
 
 
+def test_a_forced_rerun_with_other_classifier_settings_reuses_the_data_embeddings_and_synthetic_set(first_run):
+    from pipelines.local import plain, run_local
+
+    w = first_run
+    root = w["root"] / "kfp-1"  # the first run's root: its kfp cache
+    run_local({**w["params"], "force": True, "classifier_steps": 6}, root, quiet=True)
+    log = plain((root / "pipeline.log").read_text())
+    log = log[log.rindex("Executing task 'check-data-version'"):]  # this run's part (the log is appended to)
+    ran = set(re.findall(r"Executing task '([^']+)'", log))
+    assert ran == {"check-data-version", "train-classifier", "evaluate", "collect", "register", "finish"}, ran
+    reused = re.findall(r"Task '([^']+)' reused from kfp's cache", log)
+    assert sorted(reused) == ["synthesize", "train-embedding", "train-embedding", "validate-data"], reused
+    last = _pipeline_runs(w["uri"])[-1]
+    assert last.info.status == "FINISHED" and last.data.tags["medti.version_check"] == "forced"
+    # what ran again logs under this run; what the cache gave stays under the run that made it
+    names = sorted(r.info.run_name for r in _children(w["uri"], last.info.run_id))
+    assert names == ["evaluate-mixed-s0", "register_classifier", "register_embedding", "train_classifier-mixed-s0"]
+    versions = {v.version for v in _client(w["uri"]).search_model_versions(f"name='{CLASSIFIER}'")}
+    assert versions == {"1", "2"}
+
+
 @pytest.mark.slow
 def test_new_cases_and_a_snapshot_give_a_new_version_that_the_gate_judges(first_run, tmp_path):
     from diffusion_fixtures import make_blob_dataset
@@ -199,18 +228,20 @@ def test_new_cases_and_a_snapshot_give_a_new_version_that_the_gate_judges(first_
     add_cases(AddConfig(to=w["data"], source=make_blob_dataset(tmp_path / "new", n=16, size=32)))
     v2 = snapshot_dataset(SnapshotConfig(dataset=w["data"], push=False)).version
     assert v2 != w["v1"]
+    c = _client(w["uri"])
+    old = c.get_model_version_by_alias(CLASSIFIER, "champion")
     run_local(w["params"], w["root"] / "kfp-3", quiet=True)
     last = _pipeline_runs(w["uri"])[-1]
     assert "medti.skipped" not in last.data.tags and w["v1"] in last.data.tags["medti.version_check"]
-    c = _client(w["uri"])
-    new = c.get_model_version(CLASSIFIER, "2")
-    assert new.tags["medti.dataset_version"] == v2
-    old = c.get_model_version(CLASSIFIER, "1")
+    latest = max(int(v.version) for v in c.search_model_versions(f"name='{CLASSIFIER}'"))
+    new = c.get_model_version(CLASSIFIER, str(latest))
+    assert new.tags["medti.dataset_version"] == v2 and new.version != old.version
     champion = c.get_model_version_by_alias(CLASSIFIER, "champion")
     if float(new.tags["medti.eval.auc"]) >= float(old.tags["medti.eval.auc"]):
-        assert champion.version == "2"
+        assert champion.version == new.version
     else:
-        assert champion.version == "1" and c.get_model_version_by_alias(CLASSIFIER, "challenger").version == "2"
+        assert champion.version == old.version
+        assert c.get_model_version_by_alias(CLASSIFIER, "challenger").version == new.version
         assert "medti.promotion" in new.tags
 
 

@@ -1,7 +1,10 @@
 """What a pipeline run records in MLflow besides its steps' own runs.
 
 - :func:`run_step`: one step, tracked as a child of the pipeline's parent run when a tracking URI is set (the
-  Kubeflow components call their step through it), untracked otherwise;
+  Kubeflow components call their step through it), untracked otherwise. A cacheable task does not take the parent
+  run's id (new in every pipeline run, it would make every task's inputs new, and Kubeflow would never reuse one):
+  it takes the dataset's DVC version, and finds the parent as the RUNNING pipeline run of that version
+  (:func:`pipeline_parent`);
 - :func:`begin`: the parent run of one pipeline run, and the check that starts it: is the dataset's DVC version
   the one the current champion classifier was trained on? A scheduled retraining with no new cases ends there,
   and the parent run says so (``medti.skipped``, ``medti.skip_reason``);
@@ -33,11 +36,14 @@ def context(uri: str = "", experiment: str = "", parent_run_id: str = "") -> Run
 
 
 def run_step(step: Callable[..., R], cfg: Any, *, uri: str = "", experiment: str = "", parent_run_id: str = "",
-             name: str | None = None) -> R:
-    """``step(cfg)``, as a child run of ``parent_run_id`` when tracking is configured."""
+             dataset_version: str = "", name: str | None = None) -> R:
+    """``step(cfg)``, when tracking is configured as a child run of ``parent_run_id``, or else of the running
+    pipeline run of ``dataset_version``."""
     ctx = context(uri, experiment, parent_run_id)
     if ctx is None:
         return step(cfg)
+    if not ctx.parent_run_id and dataset_version:
+        ctx = ctx.child(pipeline_parent(ctx, dataset_version))
     from medti.tracking.run import tracked
 
     return tracked(step, cfg, run=ctx, name=name).result
@@ -77,11 +83,38 @@ def begin(data: Path, model: str, *, uri: str = "", experiment: str = "", run_na
     if ctx is not None:
         from medti.tracking.run import log_params
 
+        # a pipeline run of this version that never reached its end (killed with its pods) would take the tasks of
+        # this one: end it, saying which run replaced it
+        stale = _running_pipelines(ctx, version)
         tags = {"mlflow.runName": run_name, "medti.step": "pipeline", "medti.dataset_version": version,
                 "medti.model": model, "medti.version_check": reason}
         run_id = ctx.client.create_run(ctx.experiment_id, tags=tags, run_name=run_name).info.run_id
+        for old in stale:
+            ctx.client.set_tag(old.info.run_id, "medti.superseded_by", run_id)
+            ctx.client.set_terminated(old.info.run_id, "KILLED")
         log_params(ctx.client, run_id, {k: str(v) for k, v in (params or {}).items()})
     return Begin(run_id, version, changed, reason)
+
+
+def _running_pipelines(ctx: RunContext, dataset_version: str) -> list:
+    """The pipeline runs of ``dataset_version`` still RUNNING in the context's experiment, newest first."""
+    return ctx.client.search_runs(
+        [ctx.experiment_id],
+        f"tags.`medti.step` = 'pipeline' and tags.`medti.dataset_version` = '{dataset_version}' "
+        "and attributes.status = 'RUNNING'", order_by=["attributes.start_time DESC"], max_results=20)
+
+
+def pipeline_parent(ctx: RunContext, dataset_version: str) -> str:
+    """The id of the pipeline run a task of a pipeline on ``dataset_version`` belongs to: the one RUNNING pipeline
+    run of that version (:func:`begin` ends older ones). Raises TrackingError naming the version when there is
+    none, rather than logging the task outside its pipeline run."""
+    runs = _running_pipelines(ctx, dataset_version)
+    if not runs:
+        raise TrackingError(
+            f"no running pipeline run of dataset version {dataset_version} in experiment {ctx.experiment!r} at "
+            f"{ctx.uri}: a pipeline task logs under the run its pipeline's first step (check_data_version) opened"
+        )
+    return runs[0].info.run_id
 
 
 def _champion_version(ctx: RunContext, model: str) -> tuple[str, str] | None:
