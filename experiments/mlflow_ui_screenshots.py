@@ -27,14 +27,10 @@ what it must, or a screenshot is blank. Needs a Chromium binary (``apt-get insta
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
 import re
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # servers.py: how the tests run mlflow
+# the test suite's helpers: servers.py (how the tests run mlflow), browser.py (headless Chromium over DevTools)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from browser import Browser, BrowserError, find_chromium  # noqa: E402
 from servers import free_port, running  # noqa: E402
 
 WIDTH, HEIGHT, MAX_HEIGHT = 1600, 1000, 2400
@@ -58,30 +56,11 @@ UI_PRESETS = {
     "mlflow.assistant.panelOpen_v1": "false",
     "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true",
 }
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "chromium-headless-shell", "chrome-headless-shell",
-                  "google-chrome", "google-chrome-stable")
 
 
-class ScreenshotError(RuntimeError):
-    """A page did not render what it must, or its screenshot is blank."""
-
-
-# ----------------------------------------------------------------------------- finding things
-def find_chromium() -> str | None:
-    """``$MEDTI_CHROMIUM``, else the first Chromium-like binary on PATH; None when there is none."""
-    env = os.environ.get("MEDTI_CHROMIUM")
-    if env:
-        return env if Path(env).is_file() else shutil.which(env)
-    for name in CHROMIUM_NAMES:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def chromium_version(binary: str) -> str:
-    res = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60)
-    return res.stdout.strip() or res.stderr.strip()
+class ScreenshotError(BrowserError):
+    """A page did not render what it must, or its screenshot is blank (the browser's own errors are
+    :class:`BrowserError`, which this is one of)."""
 
 
 # ----------------------------------------------------------------------------- the server
@@ -103,136 +82,6 @@ def mlflow_server(store: Path, log_path: Path, timeout: float = 180.0) -> Iterat
         except RuntimeError as e:
             raise ScreenshotError(str(e)) from None
         yield url
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-# ----------------------------------------------------------------------------- the browser
-class Browser:
-    """Headless Chromium with one page, driven over the DevTools protocol (websocket-client, which kfp's kubernetes
-    client brings)."""
-
-    def __init__(self, binary: str, workdir: Path, width: int = WIDTH, height: int = HEIGHT):
-        import websocket
-
-        self.profile = workdir / "chromium-profile"
-        self.profile.mkdir(parents=True, exist_ok=True)
-        self.log = open(workdir / "chromium.log", "w+b")  # noqa: SIM115 (closed in close())
-        args = [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                f"--window-size={width},{height}", "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0", f"--user-data-dir={self.profile}", "--no-first-run",
-                "--no-default-browser-check", "--disable-extensions", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--lang=en-US", "--force-device-scale-factor=1", "about:blank"]
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        self.ws = None
-        self._id = 0
-        try:
-            port = self._devtools_port(timeout=60)
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-                targets = json.load(r)
-            page = next(t for t in targets if t.get("type") == "page")
-            self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], suppress_origin=True, timeout=60)
-            self.call("Page.enable")
-            self.resize(width, height)
-            presets = json.dumps(UI_PRESETS)
-            self.call("Page.addScriptToEvaluateOnNewDocument",
-                      source=f"try {{ for (const [k, v] of Object.entries({presets})) localStorage.setItem(k, v); }}"
-                             " catch (e) {}")
-        except BaseException:
-            self.close()
-            raise
-
-    def _devtools_port(self, timeout: float) -> int:
-        marker = self.profile / "DevToolsActivePort"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if marker.is_file():
-                lines = marker.read_text().split()
-                if lines and lines[0].isdigit():
-                    return int(lines[0])
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        self.log.seek(0)
-        raise ScreenshotError(f"chromium did not open its DevTools port (exit {self.proc.poll()}):\n"
-                              f"{self.log.read().decode(errors='replace')[-4000:]}")
-
-    def resize(self, width: int, height: int) -> None:
-        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
-                  mobile=False)
-
-    def call(self, method: str, **params):
-        self._id += 1
-        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self._id:
-                if "error" in msg:
-                    raise ScreenshotError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-
-    def eval(self, expression: str):
-        res = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in res:
-            raise ScreenshotError(f"script failed: {res['exceptionDetails'].get('text')} in {expression[:200]}")
-        return res.get("result", {}).get("value")
-
-    def goto(self, url: str) -> None:
-        """A fresh load of ``url`` (about:blank first: a hash route alone would be a same-document change)."""
-        self.call("Page.navigate", url="about:blank")
-        self.call("Page.navigate", url=url)
-        self.wait_for("document.readyState === 'complete'", 60, "the document to load")
-
-    def wait_for(self, expression: str, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(ScreenshotError):
-                if self.eval(expression):
-                    return
-            if time.monotonic() > deadline:
-                raise ScreenshotError(f"timed out after {timeout:.0f} s waiting for {what}; the page showed:\n"
-                                      f"{self.text()[:1500]}")
-            time.sleep(0.25)
-
-    def text(self) -> str:
-        with contextlib.suppress(Exception):
-            return self.eval("document.body ? document.body.innerText : ''") or ""
-        return ""
-
-    def drag(self, x: float, y: float, dx: float, dy: float = 0.0) -> None:
-        """Press the left mouse button at (x, y), move by (dx, dy), release; then move the mouse out of the way."""
-        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
-        self.call("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", buttons=1, clickCount=1)
-        for i in range(1, 11):
-            self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x + dx * i / 10, y=y + dy * i / 10,
-                      button="left", buttons=1)
-            time.sleep(0.02)
-        self.call("Input.dispatchMouseEvent", type="mouseReleased", x=x + dx, y=y + dy, button="left", buttons=1,
-                  clickCount=1)
-        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=1, y=1)
-
-    def screenshot(self, path: Path) -> Path:
-        res = self.call("Page.captureScreenshot", format="png")
-        path.write_bytes(base64.b64decode(res["data"]))
-        return path
-
-    def close(self) -> None:
-        if self.ws is not None:
-            with contextlib.suppress(Exception):
-                self.ws.close()
-        _stop(self.proc)
-        self.log.close()
 
 
 # ----------------------------------------------------------------------------- what to photograph
@@ -521,7 +370,7 @@ def shoot(browser: Browser, page: Page, out: Path, timeout: float, settle: float
             if hidden > 0:
                 browser.resize(WIDTH, min(HEIGHT + int(hidden) + 24, MAX_HEIGHT))
         time.sleep(settle)  # charts animate, images decode, late requests land
-    except ScreenshotError:
+    except BrowserError:
         browser.screenshot(out / f"FAILED-{page.file}")
         raise
     browser.screenshot(path)
@@ -550,7 +399,7 @@ def take(store: Path, out: Path, experiment: str | None = None, *, chromium: str
         targets = find_targets(MlflowClient(tracking_uri=url, registry_uri=url), experiment)
         for why in targets.missing:
             log(f"left out: {why}")
-        browser = Browser(binary, Path(tmp))
+        browser = Browser(binary, Path(tmp), WIDTH, HEIGHT, local_storage=UI_PRESETS)
         try:
             shots = []
             for page in pages(url, targets):
@@ -575,5 +424,5 @@ def main(argv: list[str] | None = None) -> list[Path]:
 if __name__ == "__main__":
     try:
         main()
-    except ScreenshotError as exc:
+    except BrowserError as exc:
         sys.exit(f"mlflow_ui_screenshots: {exc}")

@@ -1,7 +1,7 @@
 """The MLflow UI screenshots (experiments/mlflow_ui_screenshots.py) over a small store made here with MlflowClient:
 a parent run with a nested child run, a metric history, a PNG and a table.md artifact, a registered model whose
-version is ``champion``. Needs a Chromium binary (``apt-get install chromium``): .ci/run does not install one, so
-there this test skips (and it is marked slow, so the default suite leaves it out anyway)."""
+version is ``champion``. Needs a Chromium binary (``apt-get install chromium``; .ci/run installs one for the reader-study
+test); marked slow, so the default suite leaves it out."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def make_store(root: Path) -> dict[str, str]:
 def test_screenshots_of_the_mlflow_ui(tmp_path):
     mod = _script()
     if mod.find_chromium() is None:
-        pytest.skip("no Chromium binary (apt-get install chromium; .ci/run does not install one)")
+        pytest.skip("no Chromium binary (apt-get install chromium)")
     make_store(tmp_path / "store")
     shots = mod.main(["--store", str(tmp_path / "store"), "--out", str(tmp_path / "shots")])
     names = {p.name for p in shots}
