@@ -111,7 +111,7 @@ def in_process(params: dict[str, Any], root: Path, timings: list[tuple[str, floa
                 vectors=p["vectors"], steps=p["embedding_steps"], lr=_default(c_train_embedding, "lr"),
                 batch=_default(c_train_embedding, "batch"), max_images=p["embedding_cases"],
                 init_text=_default(c_train_embedding, "init_text"), seed=_default(c_train_embedding, "seed"),
-                out=out, resume=True, overwrite=True, min_per_class=1)
+                out=out, resume=True, overwrite=True, validate=False)
             run_step(train_embedding, cfg, **run, name=f"train_embedding-{name}")
             embeddings.append((out, name))
 

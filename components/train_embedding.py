@@ -24,7 +24,8 @@ def train_embedding(
     out = Path(embedding.path) / f"{concept}.safetensors"
     cfg = EmbeddingConfig(data=Path(data.path), concept=concept, where=f"{target}={label}", base=base,
                           vectors=vectors, steps=steps, lr=lr, batch=batch, max_images=max_images,
-                          init_text=init_text, seed=seed, out=out, resume=True, overwrite=True, min_per_class=1)
+                          init_text=init_text, seed=seed, out=out, resume=True, overwrite=True,
+                          validate=False)  # its input is validate_data's validated copy
     res = run_step(step, cfg, uri=tracking_uri, experiment=experiment_name, dataset_version=dataset_version,
                    name=f"train_embedding-{concept}")
     embedding.metadata.update({"concept": concept, "final_loss": res.final_loss, "file": out.name})

@@ -332,3 +332,36 @@ def test_saved_pipeline_dir_gets_the_umask_permissions(tmp_path):
     modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
     assert "unet/diffusion_pytorch_model.safetensors" in modes
     assert modes == {k: 0o750 if (out / k).is_dir() else 0o640 for k in modes}
+
+
+def test_a_background_build_is_waited_for_not_built_twice(tmp_path, monkeypatch, capsys):
+    """`make demo` starts the embedded base's build in a process of its own while the rest installs; the demo's
+    own ensure_embedded then says it waits for that build, and uses what it built."""
+    import fcntl
+    import threading
+
+    from medti.diffusion import base as b
+
+    monkeypatch.setenv("MEDTI_CACHE", str(tmp_path / "cache"))
+    d = b.embedded_dir("micro")
+    # a build in progress elsewhere: the lock is held; a background start leaves it alone, ensure_embedded waits
+    d.parent.mkdir(parents=True)
+    with open(b._lock_path("micro"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert b.build_in_background("micro") == b.build_log("micro")
+        waiter = threading.Thread(target=b.ensure_embedded, args=("micro",))
+        waiter.start()
+        waiter.join(timeout=2)
+        assert waiter.is_alive()  # waiting for the other build
+        build_micro(d)  # ... which finishes
+    waiter.join(timeout=60)
+    assert not waiter.is_alive()
+    assert "being built by another process" in capsys.readouterr().out
+    # nothing to do once built; otherwise a detached build that a later ensure_embedded finds done
+    assert b.build_in_background("micro") is None
+    monkeypatch.setenv("MEDTI_CACHE", str(tmp_path / "cache2"))
+    log = b.build_in_background("micro")
+    assert log is not None and log.parent == b.embedded_dir("micro").parent
+    assert (b.ensure_embedded("micro") / "model_index.json").is_file()
+    with pytest.raises(b.BaseModelError, match="not one of"):
+        b.build_in_background("sd2")

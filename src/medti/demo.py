@@ -38,13 +38,17 @@ class DemoResult:
 def run_demo(cfg: DemoConfig) -> DemoResult:
     from medti.data.phantoms import PhantomConfig, generate_phantoms
     from medti.data.validate import ValidateConfig, validate_dataset
-    from medti.diffusion.base import EMBEDDED, ensure_embedded
+    from medti.diffusion.base import EMBEDDED, build_in_background, ensure_embedded
 
     t0 = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     res = DemoResult(out=out)
     say = _say(res)
+    if cfg.base in EMBEDDED and (log := build_in_background(cfg.base)):
+        # the longest wait of a first demo; the data steps do not need it
+        say(f"[base] the embedded {cfg.base} base is not built on this machine yet: building it in the background "
+            f"while the data steps run (progress: {log})")
 
     size = cfg.size or _base_image_size(cfg.base)
     datasets = {}

@@ -508,15 +508,32 @@ def legacy_hash_names(path: Path, h: str) -> bool:
     return h == weights_hash(path, legacy=True)
 
 
+def _lock_path(name: str) -> Path:
+    d = embedded_dir(name)
+    return d.parent / f".{d.name}.lock"
+
+
+def build_log(name: str) -> Path:
+    """Where a background build of embedded base ``name`` writes its progress."""
+    d = embedded_dir(name)
+    return d.parent / f".{d.name}.build.log"
+
+
 def ensure_embedded(name: str, progress: bool = True) -> Path:
-    """The cached dir of an embedded base, built (once, under a file lock) when missing."""
+    """The cached dir of an embedded base, built (once, under a file lock) when missing. When another process holds
+    the lock (a build started by :func:`build_in_background`), say so and wait for it."""
     d = embedded_dir(name)
     if (d / "model_index.json").exists():
         return d
     d.parent.mkdir(parents=True, exist_ok=True)
-    lock = d.parent / f".{d.name}.lock"
-    with open(lock, "w") as lf:
-        fcntl.flock(lf, fcntl.LOCK_EX)
+    with open(_lock_path(name), "w") as lf:
+        try:
+            fcntl.flock(lf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                print(f"[base] the {name} base is being built by another process (progress: {build_log(name)}); "
+                      "waiting for it", flush=True)
+            fcntl.flock(lf, fcntl.LOCK_EX)
         if (d / "model_index.json").exists():
             return d
         if name == "micro":
@@ -526,6 +543,38 @@ def ensure_embedded(name: str, progress: bool = True) -> Path:
 
             build_tiny(d, progress=progress)
     return d
+
+
+def build_in_background(name: str) -> Path | None:
+    """Start building embedded base ``name`` in a process of its own (it outlives the caller, and holds the build
+    lock, so :func:`ensure_embedded` anywhere waits for it instead of building twice). Returns the build's log, or
+    None when the base is cached already. A build already running is left alone (its log is returned).
+
+    ``make demo`` starts one as soon as torch and the build's few dependencies are installed, so the build (most of
+    a first demo's wait) runs while the rest installs and the data steps run."""
+    import subprocess
+    import sys
+
+    d = embedded_dir(name)
+    if name not in EMBEDDED:
+        raise BaseModelError(f"embedded base {name!r}: not one of {', '.join(EMBEDDED)}")
+    if (d / "model_index.json").exists():
+        return None
+    d.parent.mkdir(parents=True, exist_ok=True)
+    log = build_log(name)
+    with open(_lock_path(name), "w") as lf:
+        try:
+            fcntl.flock(lf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return log  # being built
+    # the lock is free again here: the child takes it (a caller that takes it first builds, and the child then
+    # finds the base built)
+    with open(log, "wb") as out:
+        subprocess.Popen(
+            [sys.executable, "-c", f"from medti.diffusion.base import ensure_embedded; ensure_embedded({name!r})"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    return log
 
 
 def resolve_base(ref: str) -> tuple[str, Path | str]:
