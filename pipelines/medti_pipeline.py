@@ -1,8 +1,9 @@
 """The medti pipeline: does synthetic data help a classifier for this dataset, and which versions serve?
 
     check data version ─(changed)─▶ validate ─▶ ParallelFor concepts: train_embedding
-        ─▶ synthesize ─▶ ParallelFor conditions × seeds: train_classifier ─▶ evaluate
-        ─▶ collect ─▶ register (champion / challenger gate) ─▶ finish
+        ─▶ synthesize ─▶ audit_memorization
+                    ─▶ ParallelFor conditions × seeds: train_classifier ─▶ evaluate
+        ─▶ collect ─▶ register (champion / challenger gate; the embedding only with a passed audit) ─▶ finish
     check data version ─(unchanged)─▶ finish (skipped, and why)
 
 Every task logs to MLflow as a child of the one parent run the first step opens. The Kubernetes settings live
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from kfp import dsl
 
+from components.audit_memorization import audit_memorization
 from components.check_data_version import check_data_version
 from components.collect import collect
 from components.evaluate import evaluate
@@ -86,16 +88,19 @@ def make_pipeline(parallelism: int = 4):
             syn = _retried(_gpu(synthesize(data=real, embeddings=dsl.Collected(emb.outputs["embedding"]), target=target, concepts=concepts,
                                            count=synthetic_count, base=base, sampler_steps=sampler_steps,
                                            guidance=guidance, **run)))
-            # Step 5: a classifier per condition and seed, judged on the real test split
+            # Step 5: is any synthetic image a copy of a training case? (register refuses the embedding if so)
+            aud = audit_memorization(real=real, synthetic=syn.outputs["synthetic"],
+                                     embeddings=dsl.Collected(emb.outputs["embedding"]), **run)
+            # Step 6: a classifier per condition and seed, judged on the real test split
             with dsl.ParallelFor(conditions, parallelism=parallelism, name="conditions") as cond:
                 clf = _retried(_gpu(train_classifier(
                     real=real, synthetic=syn.outputs["synthetic"], target=target, condition=cond.condition,
                     seed=cond.seed, steps=classifier_steps, **run), memory="16G", cpu="4"))
                 ev = evaluate(classifier=clf.outputs["classifier"], test=real, seed=cond.seed, **run)
-            # Step 6: the table, and the versions worth registering
+            # Step 7: the table, and the versions worth registering
             col = collect(evaluations=dsl.Collected(ev.outputs["evaluation"]))
             reg = register(real=real, chosen=col.outputs["chosen"], embedding_evidence=col.outputs["embedding_evidence"],
-                           embeddings=dsl.Collected(emb.outputs["embedding"]), concept=target, dataset_version=check.outputs["dataset_version"],
+                           embeddings=dsl.Collected(emb.outputs["embedding"]), audit=aud.outputs["audit"], concept=target, dataset_version=check.outputs["dataset_version"],
                            base=base, **parent).set_caching_options(False)
             finish(parent_run_id=check.outputs["parent_run_id"], summary=col.outputs["Output"], registered=reg.output,
                    **track).set_caching_options(False)

@@ -158,7 +158,7 @@ def test_the_first_run_registers_champions_with_lineage_and_every_task_nested_un
     children = _children(w["uri"], parent.info.run_id)
     names = sorted(r.info.run_name for r in children)
     assert names == sorted(["validate_data", "train_embedding-csPCa", "train_embedding-healthy", "synthesize",
-                            "train_classifier-mixed-s0", "evaluate-mixed-s0", "register_classifier",
+                            "audit_memorization", "train_classifier-mixed-s0", "evaluate-mixed-s0", "register_classifier",
                             "register_embedding"]), names
     assert all(r.info.status == "FINISHED" for r in children)
     # the table and the figures of each condition reach the parent run
@@ -169,7 +169,8 @@ def test_the_first_run_registers_champions_with_lineage_and_every_task_nested_un
     clf = c.get_model_version_by_alias(CLASSIFIER, "champion")
     emb = c.get_model_version_by_alias(EMBEDDING, "champion")
     assert clf.version == "1" and emb.version == "1"
-    assert clf.tags["medti.dataset_version"] == w["v1"]
+    assert clf.tags["medti.dataset_version"] == w["v1"] and emb.tags["medti.dataset_version"] == w["v1"]
+    assert emb.tags["medti.memorization"] == "pass"  # no synthetic image is a copy of a training case
     assert float(clf.tags["medti.eval.auc"]) == pytest.approx(parent.data.metrics["chosen_test_auc"])
     assert emb.tags["medti.embeddings"].count(":") == 2  # csPCa and healthy, served together
     assert "medti.eval.auc" in emb.tags  # judged on the best synthetic-data classifier
@@ -207,7 +208,8 @@ def test_a_forced_rerun_with_other_classifier_settings_reuses_the_data_embedding
     ran = set(re.findall(r"Executing task '([^']+)'", log))
     assert ran == {"check-data-version", "train-classifier", "evaluate", "collect", "register", "finish"}, ran
     reused = re.findall(r"Task '([^']+)' reused from kfp's cache", log)
-    assert sorted(reused) == ["synthesize", "train-embedding", "train-embedding", "validate-data"], reused
+    assert sorted(reused) == ["audit-memorization", "synthesize", "train-embedding", "train-embedding",
+                              "validate-data"], reused
     last = _pipeline_runs(w["uri"])[-1]
     assert last.info.status == "FINISHED" and last.data.tags["medti.version_check"] == "forced"
     # what ran again logs under this run; what the cache gave stays under the run that made it

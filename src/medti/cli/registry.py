@@ -48,12 +48,15 @@ def register_embedding_cmd(
     guidance: float = typer.Option(None, "--guidance", help="Default guidance of a request (3.0 for tiny, else 7.5)."),
     evaluation: Path = Evaluation,
     promote: bool = Promote,
+    audit: Path = typer.Option(None, "--audit", help="Memorisation audit (medti quality memorization: its dir or "
+                               "audit.json) of a synthetic set made with this embedding: a failed audit refuses the "
+                               "registration, naming the flagged images."),
 ):
     """Register an embedding as a pyfunc model version that serves images."""
     from medti.tracking.registry import RegisterEmbeddingConfig, register_embedding
 
     cfg = RegisterEmbeddingConfig(embedding=embedding, data=data, name=name, companions=list(companions), base=base,
-                                  guidance=guidance, evaluation=evaluation, promote=promote)
+                                  guidance=guidance, evaluation=evaluation, promote=promote, audit=audit)
     typer.echo(_call(register_embedding, cfg).summary())
 
 

@@ -161,11 +161,13 @@ def classifier_model(data: Path, target: str) -> str:
 
 
 def register(*, data: Path, chosen: Path, embeddings: list[Path], concept: str, embedding_evidence: Path,
-             dataset_version: str, base: str = "tiny", uri: str = "", experiment: str = "",
-             parent_run_id: str = "") -> dict[str, Any]:
+             dataset_version: str, base: str = "tiny", audit: Path | None = None, uri: str = "",
+             experiment: str = "", parent_run_id: str = "") -> dict[str, Any]:
     """Register the chosen classifier (judged on its real-test evaluation) and the finding's embedding (with the
     other concepts as companions; judged on the best synthetic-data classifier's evaluation), each through the
-    champion/challenger gate. Returns what the parent run records."""
+    champion/challenger gate. An embedding whose synthetic set failed its memorisation ``audit`` is not
+    registered (the decision names the flagged images); the classifier still is. Returns what the parent run
+    records."""
     from medti.tracking.registry import (
         RegisterClassifierConfig,
         RegisterEmbeddingConfig,
@@ -183,12 +185,22 @@ def register(*, data: Path, chosen: Path, embeddings: list[Path], concept: str, 
     clf = register_classifier(RegisterClassifierConfig(
         model=Path(chosen) / "classifier", data=Path(data), evaluation=Path(chosen) / "evaluation",
         dataset_version=dataset_version), run=ctx)
+    out = {"classifier": f"{clf.name}/{clf.version}", "classifier_decision": clf.decision}
+    if audit is not None:
+        from medti.quality.memorization import read_audit
+
+        verdict = read_audit(Path(audit))
+        if not verdict.passed:
+            return {**out, "embedding": "not registered",
+                    "embedding_decision": f"refused: its synthetic set failed the memorisation audit "
+                                          f"({len(verdict.flagged)} of {verdict.n_synthetic} images flagged as "
+                                          f"copies of training cases: {verdict.flagged_summary()})"}
     evidence = Path(embedding_evidence) / "evaluation"
     emb = register_embedding(RegisterEmbeddingConfig(
         embedding=finding[0], data=Path(data), companions=[Path(p) for p in embeddings if p != finding[0]],
-        base=base, evaluation=evidence if evidence.is_dir() else None), run=ctx)
-    return {"classifier": f"{clf.name}/{clf.version}", "classifier_decision": clf.decision,
-            "embedding": f"{emb.name}/{emb.version}", "embedding_decision": emb.decision}
+        base=base, evaluation=evidence if evidence.is_dir() else None, audit=audit,
+        dataset_version=dataset_version), run=ctx)
+    return {**out, "embedding": f"{emb.name}/{emb.version}", "embedding_decision": emb.decision}
 
 
 def last_pipeline_run(uri: str, experiment: str) -> str:

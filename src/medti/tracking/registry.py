@@ -48,6 +48,12 @@ class RegisterEmbeddingConfig:
     guidance: float | None = None  # default guidance of a request: 3.0 for the embedded bases, else 7.5
     evaluation: Path | None = None  # an evaluation dir (metrics.json) on the real test split
     promote: bool = True  # run the champion/challenger gate after registering
+    #: a memorisation audit (medti quality memorization: its dir or audit.json) of a synthetic set made with this
+    #: embedding: a failed one refuses the registration, a passing one's verdict and copy rate become tags
+    audit: Path | None = None
+    #: the real data's version, tagged ``medti.dataset_version``: default the one the embedding recorded when it
+    #: was trained; a pipeline passes its source's, since the dir it trained on is a validated copy
+    dataset_version: str | None = None
 
 
 @dataclass
@@ -165,6 +171,7 @@ def register_embedding(cfg: RegisterEmbeddingConfig, run: RunContext) -> Registe
     from medti.tracking.serving import save_embedding_model
 
     emb = load_embedding(Path(cfg.embedding))
+    audit_tags = _memorization_gate(cfg.audit, Path(cfg.embedding), emb.version) if cfg.audit is not None else {}
     concept = emb.metadata.get("concept") or emb.concept
     base_hash = emb.metadata.get("base_model_hash", "")
     embeddings, versions = {concept: Path(cfg.embedding)}, {concept: emb.version}
@@ -179,7 +186,7 @@ def register_embedding(cfg: RegisterEmbeddingConfig, run: RunContext) -> Registe
         "medti.vectors": str(emb.vectors.shape[0]), "medti.embedding_version": emb.version,
         "medti.base": cfg.base, "medti.base_hash": base_hash,
         "medti.base_model": emb.metadata.get("base_model", ""),
-        "medti.dataset_version": emb.metadata.get("dataset_version", ""),
+        "medti.dataset_version": cfg.dataset_version or emb.metadata.get("dataset_version", ""),
         "medti.embeddings": ";".join(f"{c}:{v}" for c, v in versions.items()),
         "medti.prompt_template": _template(emb.metadata.get("modality", "")).format(concept),
         "medti.version": emb.metadata.get("medti_version", ""),
@@ -187,7 +194,7 @@ def register_embedding(cfg: RegisterEmbeddingConfig, run: RunContext) -> Registe
     commit = git_commit()
     if commit:
         tags["medti.git_commit"] = commit
-    tags = {k: v for k, v in tags.items() if v}
+    tags = {k: v for k, v in tags.items() if v} | audit_tags
     figures = read_figures(cfg.evaluation)
     description = (f"Textual-inversion embedding of {concept} ({emb.vectors.shape[0]} vectors) for base {cfg.base} "
                    f"({base_hash or 'hash unknown'}); serves PNG images for prompts that use "
@@ -196,6 +203,32 @@ def register_embedding(cfg: RegisterEmbeddingConfig, run: RunContext) -> Registe
         run, "register_embedding", cfg, name, description,
         lambda d: save_embedding_model(d, embeddings, cfg.base, base_hash, guidance), tags, figures, cfg.promote,
     )
+
+
+def _memorization_gate(audit_path: Path, embedding: Path, version: str) -> dict[str, str]:
+    """Refuse an embedding whose synthetic set failed its memorisation audit (naming the flagged images), or whose
+    audit is of a set made with other embeddings; the tags a passing audit puts on the version."""
+    from medti.quality import QualityError
+    from medti.quality.memorization import read_audit
+
+    try:
+        audit = read_audit(Path(audit_path))
+    except QualityError as e:
+        raise TrackingError(f"embedding {embedding}: not registered: {e}") from e
+    if not audit.passed:
+        raise TrackingError(
+            f"embedding {embedding}: not registered: its synthetic set {audit.synthetic} failed the memorisation "
+            f"audit {audit.path} ({len(audit.flagged)} of {audit.n_synthetic} images flagged as copies of training "
+            f"cases, copy rate {audit.copy_rate:.4f}): {audit.flagged_summary()}"
+        )
+    if version not in {e.rsplit(":", 1)[-1] for e in audit.embeddings}:
+        made_with = ", ".join(audit.embeddings) or "no embedding named in its manifest"
+        raise TrackingError(
+            f"embedding {embedding}: not registered: the memorisation audit {audit.path} is of {audit.synthetic}, "
+            f"made with {made_with}, not with this embedding (version {version}); audit a set synthesised with it"
+        )
+    return {"medti.memorization": "pass", "medti.memorization.copy_rate": f"{audit.copy_rate:.6g}",
+            "medti.memorization.synthetic": audit.synthetic}
 
 
 def _template(modality: str) -> str:
