@@ -10,7 +10,18 @@ from __future__ import annotations
 
 import typer
 
-from medti.cli import base, classify, data, demo, embed, experiment, pipeline, quality, registry, synth
+from medti.cli import (
+    base,
+    classify,
+    data,
+    demo,
+    embed,
+    experiment,
+    pipeline,
+    quality,
+    registry,
+    synth,
+)
 from medti.cli._common import TRACKING_OPTIONS
 
 app = typer.Typer(
