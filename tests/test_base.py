@@ -189,6 +189,7 @@ print(b.model_id, b.model_hash)
 """
 
 
+@pytest.mark.slow  # two micro builds in fresh processes: 19 s the 10-minute suite cannot spare
 def test_embedded_base_rebuilt_in_another_cache_has_the_same_hash(tmp_path):
     """Embeddings and synthetic datasets record their base's hash; a colleague's rebuild of the embedded base
     (another machine, another process) must give the same one, or every shared embedding warns that it
@@ -298,6 +299,7 @@ def test_a_model_dir_is_read_for_its_hash_once_until_a_file_changes(tmp_path, mo
     assert not b.has_hash("0123456789abcdef") and not b.has_hash("0123456789abcdef") and len(reads) == n + 1
 
 
+@pytest.mark.slow  # a fresh process loading a base: 10 s
 def test_hub_id_from_the_local_cache_hashes_like_a_local_copy_of_the_repo(tmp_path):
     """`--base org/name` (from the Hugging Face cache) and `--base models/name` (the same repo downloaded with
     --local-dir) are one model: embeddings trained on one must not warn on the other."""

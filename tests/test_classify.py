@@ -84,7 +84,7 @@ def test_a_killed_run_continues_from_its_checkpoint_and_ends_with_the_same_bytes
         "from pathlib import Path\n"
         "from medti.classify.train import ClassifierConfig, train_classifier\n"
         f"train_classifier(ClassifierConfig(train=[Path({str(prostate)!r})], val=Path({str(prostate)!r}), "
-        f"targets=['csPCa'], out=Path({str(out)!r}), seed=1, steps=60, batch=8, eval_every=20, checkpoint_every=10, "
+        f"targets=['csPCa'], out=Path({str(out)!r}), seed=1, steps=30, batch=8, eval_every=10, checkpoint_every=5, "
         "progress=False))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -92,23 +92,23 @@ def test_a_killed_run_continues_from_its_checkpoint_and_ends_with_the_same_bytes
     deadline = time.time() + 240
     while time.time() < deadline and not list(ckpts.glob("step-*.safetensors")) and proc.poll() is None:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # at its first checkpoint (step 10 of 60)
+    proc.send_signal(signal.SIGKILL)  # at its first checkpoint (step 5 of 30)
     proc.wait()
     left = sorted(ckpts.glob("step-*.safetensors"))
     assert left, proc.stderr.read().decode()[-2000:]
     assert not out.exists()  # nothing half-written
     killed_at = int(left[-1].stem.split("-")[1])
-    assert killed_at < 60
+    assert killed_at < 30
 
     # continuing needs the same settings; a run with fewer steps is told so and nothing is lost
     with pytest.raises(ClassifierError, match="other settings"):
-        _train(prostate, out, steps=80, eval_every=20, checkpoint_every=10)
+        _train(prostate, out, steps=40, eval_every=10, checkpoint_every=5)
     assert sorted(ckpts.glob("step-*.safetensors")) == left
     # the same settings continue from the last checkpoint
-    res = _train(prostate, out, steps=60, eval_every=20, checkpoint_every=10)
+    res = _train(prostate, out, steps=30, eval_every=10, checkpoint_every=5)
     assert res.resumed_from == killed_at
     whole = tmp_path / "whole"
-    _train(prostate, whole, steps=60, eval_every=20, checkpoint_every=10)
+    _train(prostate, whole, steps=30, eval_every=10, checkpoint_every=5)
     for name in ("model.safetensors", "curves.csv", "classifier.json"):
         assert (out / name).read_bytes() == (whole / name).read_bytes(), name
 

@@ -239,6 +239,7 @@ def test_mlflow_run_validate_data_nests_medti_run(project):
     assert (tmp / "artifacts" / child.info.run_id / "artifacts" / "validation" / "validation.json").is_file()
 
 
+@pytest.mark.slow  # a second `mlflow run`: 12 s
 def test_mlflow_run_fails_on_a_dir_that_is_not_a_dataset(project):
     tmp, _, uri, exp = project
     bad = tmp / "not-a-dataset"

@@ -198,7 +198,7 @@ def test_scorers_separate_positives_from_negatives(prostate_ds, cxr_ds):
         assert acc >= 0.9, (f, acc)
 
 
-@pytest.mark.parametrize("size", [128, 256])
+@pytest.mark.parametrize("size", [128, pytest.param(256, marks=pytest.mark.slow)])
 def test_the_shipped_cxr_thresholds_hold_at_larger_image_sizes(tmp_path, size):
     """The thresholds were chosen at 64 px; a user scoring 128 or 256 px radiographs gets the same decision
     rule (the scorers' lengths scale with the image).  The pneumonia span's erosion once did not scale: at
