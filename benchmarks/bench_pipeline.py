@@ -6,7 +6,8 @@ Side by side in one run, on prostate phantoms and an embedded base (built once, 
   subprocess of this Python (``SubprocessRunner(use_venv=False)``), one at a time;
 - in process: :func:`in_process`, the same steps called here in the pipeline's order with exactly the configs the
   components (``components/*.py``) build from the same parameters: begin, validate, one textual inversion per
-  concept, synthesis, a classifier + its evaluation per (condition, seed), collect, register, finish.
+  concept, synthesis, the memorisation audit, a classifier + its evaluation per (condition, seed), collect,
+  register, finish.
 
 Both sides track to MLflow the same way (the parent run, every step a child run through
 :func:`medti.tracking.pipeline.run_step`, the registry's champion/challenger gate), each round and side to its own
@@ -69,6 +70,7 @@ def in_process(params: dict[str, Any], root: Path, timings: list[tuple[str, floa
     from medti.experiment.conditions import Evaluated, collect_evaluations, condition_dirs
     from medti.experiment.steps import class_spec
     from medti.io import link_tree
+    from medti.quality.memorization import MemorizationConfig, audit_memorization
     from medti.tracking.pipeline import begin, classifier_model, finish, register, run_step
 
     p = params
@@ -129,6 +131,13 @@ def in_process(params: dict[str, Any], root: Path, timings: list[tuple[str, floa
         run_step(synthesize, SynthesisConfig(spec=spec, out=synthetic, overwrite=True, progress=False), **run,
                  name="synthesize")
 
+    # audit_memorization
+    with task("audit-memorization"):
+        audit = root / "audit-memorization" / "audit"
+        run_step(audit_memorization, MemorizationConfig(
+            train=real, synthetic=synthetic, out=audit, embeddings=tuple(f for f, _ in embeddings), overwrite=True),
+            **run, name="audit_memorization")
+
     # train_classifier + evaluate, per condition and seed
     evaluated: list[Evaluated] = []
     for i, cond in enumerate(p["conditions"]):
@@ -156,7 +165,7 @@ def in_process(params: dict[str, Any], root: Path, timings: list[tuple[str, floa
                                       embedding_evidence=col / "embedding_evidence")
     with task("register"):
         registered = register(data=real, chosen=col / "chosen", embedding_evidence=col / "embedding_evidence",
-                              embeddings=[f for f, _ in embeddings], concept=p["target"],
+                              audit=audit, embeddings=[f for f, _ in embeddings], concept=p["target"],
                               dataset_version=b.dataset_version, base=p["base"], **run)
     with task("finish"):
         finish(b.parent_run_id, **track, skipped_reason="", summary={**summary, **registered})

@@ -550,10 +550,12 @@ def build_in_background(name: str) -> Path | None:
     lock, so :func:`ensure_embedded` anywhere waits for it instead of building twice). Returns the build's log, or
     None when the base is cached already. A build already running is left alone (its log is returned).
 
-    ``make demo`` starts one as soon as torch and the build's few dependencies are installed, so the build (most of
-    a first demo's wait) runs while the rest installs and the data steps run."""
+    ``medti demo`` starts one before its data steps, which do not need the base. (Starting it during ``make``'s
+    install instead was tried: pip replaced packages the build had imported from, at the end of the install, and
+    the build died; docs/benchmarks.md, section make-demo.)"""
     import subprocess
     import sys
+    import time
 
     d = embedded_dir(name)
     if name not in EMBEDDED:
@@ -569,7 +571,9 @@ def build_in_background(name: str) -> Path | None:
             return log  # being built
     # the lock is free again here: the child takes it (a caller that takes it first builds, and the child then
     # finds the base built)
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:  # appended: an earlier build's end (or its error) stays readable
+        out.write(f"--- building embedded base {name} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
+        out.flush()
         subprocess.Popen(
             [sys.executable, "-c", f"from medti.diffusion.base import ensure_embedded; ensure_embedded({name!r})"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
