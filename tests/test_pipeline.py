@@ -197,6 +197,8 @@ def test_a_rerun_without_new_cases_ends_without_training_and_says_why(first_run)
     assert time.time() - t0 < 60
 
 
+@pytest.mark.slow  # a second pipeline run: 45 s the 10-minute suite cannot spare (the compiled-spec test above
+# guards the cache keys in the suite)
 def test_a_forced_rerun_with_other_classifier_settings_reuses_the_data_embeddings_and_synthetic_set(first_run):
     from pipelines.local import plain, run_local
 
