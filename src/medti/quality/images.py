@@ -39,19 +39,27 @@ class ImageSet:
                         [self.case_ids[i] for i in idx], self.modality, self.channels)
 
 
-def load_set(root: Path, *, role: str, split: str | None = None) -> ImageSet:
-    """Read the ``split`` cases (all when None) of a dataset dir; ``role`` names the set in messages
-    ("real", "synthetic", "train", ...)."""
-    from medti.data.dataset import Dataset, DatasetError, load_image
+def read_cases(root: Path, *, role: str, split: str | None = None):
+    """(the Dataset, its ``split`` cases) of a dataset dir, a bad dir refused as a QualityError naming it."""
+    from medti.data.dataset import Dataset, DatasetError
 
     root = Path(root)
     if not root.is_dir():
         raise QualityError(f"{role} dataset {root}: not a directory")
     try:
         ds = Dataset(root)
-        cases = ds.cases(split)
-    except DatasetError as e:
+        return ds, ds.cases(split)
+    except (DatasetError, ValueError, KeyError) as e:  # a manifest row with a bad label or a missing column
         raise QualityError(f"{role} dataset {root}: {e}") from e
+
+
+def load_set(root: Path, *, role: str, split: str | None = None) -> ImageSet:
+    """Read the ``split`` cases (all when None) of a dataset dir; ``role`` names the set in messages
+    ("real", "synthetic", "train", ...)."""
+    from medti.data.dataset import DatasetError, load_image
+
+    root = Path(root)
+    ds, cases = read_cases(root, role=role, split=split)
     if not cases:
         where = f"in split {split!r}" if split else "at all"
         raise QualityError(f"{role} dataset {root}: no cases {where} (manifest.csv)")

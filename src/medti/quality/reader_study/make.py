@@ -116,16 +116,9 @@ def _check_config(cfg: MakeConfig) -> None:
 
 # ----------------------------------------------------------------------------- 2. draw
 def _cases(root: Path, role: str, split: str | None, n: int):
-    from medti.data.dataset import Dataset, DatasetError
+    from medti.quality.images import read_cases
 
-    root = Path(root)
-    if not root.is_dir():
-        raise QualityError(f"{role} dataset {root}: not a directory")
-    try:
-        ds = Dataset(root)
-        cases = ds.cases(split)
-    except (DatasetError, ValueError, KeyError) as e:
-        raise QualityError(f"{role} dataset {root}: {e}") from e
+    ds, cases = read_cases(root, role=role, split=split)
     if len(cases) < n:
         where = f"in split {split!r}" if split else "in all"
         raise QualityError(f"{role} dataset {root}: {len(cases)} cases {where} (manifest.csv), fewer than the "
