@@ -157,6 +157,13 @@ class VectorSubstitution:
         self.handle.remove()
 
 
+def concept_cases(ds, split: str | None, where: dict[str, int], limit: int | None) -> list:
+    """The cases an embedding learns from: those of ``split`` matching ``where``, sorted by case id, the first
+    ``limit``. The one rule: :func:`load_concept_images` trains on these, and the memorisation audit's
+    ``--embedding`` reads them back from an embedding's metadata (``split``, ``where``, ``n_images``)."""
+    return sorted(ds.cases(split=split, where=where), key=lambda c: c.case_id)[:limit]
+
+
 def load_concept_images(cfg: EmbeddingConfig, size: int):
     """Images of the selected cases as float [N,3,size,size] in [-1, 1], plus the dataset info."""
     import numpy as np
@@ -170,10 +177,9 @@ def load_concept_images(cfg: EmbeddingConfig, size: int):
     unknown = set(where) - set(ds.info.findings)
     if unknown:
         raise DatasetError(f"--where {cfg.where!r}: {sorted(unknown)} not among findings {ds.info.findings} of {cfg.data}")
-    cases = ds.cases(split=cfg.split or None, where=where)
+    cases = concept_cases(ds, cfg.split or None, where, cfg.max_images)
     if not cases:
         raise DatasetError(f"{cfg.data}: no {cfg.split} cases match --where {cfg.where!r}")
-    cases = sorted(cases, key=lambda c: c.case_id)[: cfg.max_images]
     arrs = []
     for c in cases:
         with Image.open(c.path) as im:

@@ -259,10 +259,11 @@ def _load_train(cfg: MemorizationConfig) -> tuple[ImageSet, dict]:
 
 def embedding_cases(root: Path, embeddings: tuple[Path, ...]) -> tuple[dict[str, tuple[str, str]], list[dict]]:
     """{case id: (split, embedding file)} of the cases the embeddings learnt from, chosen as ``embed train`` chose
-    them (matching cases of its split, sorted by case id, the first ``n_images``), and a description of each."""
+    them (:func:`~medti.diffusion.textual_inversion.concept_cases` on its metadata), and a description of each."""
     from medti.data.dataset import Dataset, DatasetError, parse_where
     from medti.data.versions import dataset_version
     from medti.diffusion.embeddings import EmbeddingError, load_embedding
+    from medti.diffusion.textual_inversion import concept_cases
 
     ds, version = Dataset(root), dataset_version(root)
     chosen: dict[str, tuple[str, str]] = {}
@@ -283,10 +284,9 @@ def embedding_cases(root: Path, embeddings: tuple[Path, ...]) -> tuple[dict[str,
                                f"{version}; give the dataset it learnt from as train")
         split = meta.get("split") or None
         try:
-            cases = ds.cases(split, where=parse_where(meta["where"]))
+            cases = concept_cases(ds, split, parse_where(meta["where"]), int(meta["n_images"]))
         except DatasetError as e:
             raise QualityError(f"embedding {path}: where {meta['where']!r}: {e}") from e
-        cases = sorted(cases, key=lambda c: c.case_id)[: int(meta["n_images"])]
         if len(cases) != int(meta["n_images"]):
             raise QualityError(f"embedding {path}: learnt from {meta['n_images']} cases ({meta['where']}), but the "
                                f"train dataset {root} has {len(cases)} such {split or ''} cases")
