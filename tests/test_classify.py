@@ -114,11 +114,15 @@ def test_a_killed_run_continues_from_its_checkpoint_and_ends_with_the_same_bytes
 
 
 # ----------------------------------------------------------------------------- evaluation, metrics
-def test_bootstrap_interval_matches_a_hand_computation():
+@pytest.mark.parametrize("p, whole", [
+    ([0.1, 0.4, 0.35, 0.8, 0.3, 0.9, 0.5, 0.6], 0.8125),
+    ([0.1, 0.5, 0.35, 0.8, 0.35, 0.9, 0.5, 0.5], 0.78125),  # ties across the classes count half
+])
+def test_bootstrap_interval_matches_a_hand_computation(p, whole):
     from medti.classify.metrics import bootstrap_auc
 
     y = np.array([0, 0, 0, 1, 1, 1, 0, 1])
-    p = np.array([0.1, 0.4, 0.35, 0.8, 0.3, 0.9, 0.5, 0.6])
+    p = np.array(p)
 
     def hand_auc(yy, pp):  # the Mann-Whitney definition: P(score of a positive > a negative), ties count half
         pos, neg = pp[yy == 1], pp[yy == 0]
@@ -132,7 +136,7 @@ def test_bootstrap_interval_matches_a_hand_computation():
         stats.append(hand_auc(np.r_[np.ones(4), np.zeros(4)], p[idx]))
     expect = tuple(np.quantile(stats, [0.025, 0.975]))
     assert bootstrap_auc(y, p, n_boot=300, seed=7) == pytest.approx(expect, abs=1e-12)
-    assert hand_auc(y, p) == pytest.approx(0.8125)
+    assert hand_auc(y, p) == pytest.approx(whole)
 
 
 def test_evaluate_reports_auc_interval_and_the_validation_threshold(trained, prostate, tmp_path):

@@ -24,22 +24,38 @@ def auc(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def bootstrap_auc(y: np.ndarray, p: np.ndarray, *, n_boot: int = 2000, seed: int = 0,
-                  level: float = 0.95) -> tuple[float, float]:
+                  level: float = 0.95, block: int = 256) -> tuple[float, float]:
     """Stratified bootstrap interval of the AUC: positives and negatives resampled with replacement,
-    each to its own count, ``n_boot`` times (numpy's generator seeded with ``seed``)."""
-    from sklearn.metrics import roc_auc_score
+    each to its own count, ``n_boot`` times (numpy's generator seeded with ``seed``).
 
+    A replicate is a count per case (how often the draw took it), so its AUC is the Mann-Whitney statistic with
+    those weights: for each positive, the drawn negatives scored below it plus half those tied with it. With the
+    negatives sorted once, that is a cumulative sum per replicate read at fixed positions, O(n) per replicate
+    for ``block`` replicates at a time, where calling scikit-learn's ``roc_auc_score`` per replicate spent about
+    3 ms each on input checks (6 s of a 2000-replicate interval). Same draws, same order, as that loop made."""
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=np.float64)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    if not len(pos) or not len(neg):
+    n_pos, n_neg = len(pos), len(neg)
+    if not n_pos or not n_neg:
         raise ClassifierError("a bootstrap AUC interval needs positive and negative cases")
+    order = np.argsort(p[neg], kind="stable")
+    neg_sorted = p[neg][order]
+    below = np.searchsorted(neg_sorted, p[pos], side="left")  # negatives scored below each positive
+    upto = np.searchsorted(neg_sorted, p[pos], side="right")  # ... below or tied
     rng = np.random.default_rng(seed)
     stats = np.empty(n_boot)
-    labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    for b in range(n_boot):
-        idx = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
-        stats[b] = roc_auc_score(labels, p[idx])
+    for start in range(0, n_boot, block):
+        rows = range(start, min(start + block, n_boot))
+        w_pos = np.empty((len(rows), n_pos))
+        w_neg = np.empty((len(rows), n_neg))
+        for k in range(len(rows)):  # the draws of rng.choice(pos, n_pos), rng.choice(neg, n_neg), replicate by replicate
+            w_pos[k] = np.bincount(rng.choice(n_pos, n_pos), minlength=n_pos)
+            w_neg[k] = np.bincount(rng.choice(n_neg, n_neg), minlength=n_neg)
+        cum = np.zeros((len(rows), n_neg + 1))
+        np.cumsum(w_neg[:, order], axis=1, out=cum[:, 1:])  # cum[:, j]: drawn negatives among the j lowest
+        wins = cum[:, below] + 0.5 * (cum[:, upto] - cum[:, below])
+        stats[rows.start : rows.stop] = (w_pos * wins).sum(axis=1) / (n_pos * n_neg)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
