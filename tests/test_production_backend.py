@@ -132,7 +132,7 @@ def test_the_pipeline_logs_and_registers_through_postgresql_and_s3(pipeline_run)
     assert all(r.data.tags.get("mlflow.parentRunId") == parent for r in children.values())
     assert all(r.info.status == "FINISHED" for r in children.values())
     conds = [f"{c['condition']}-s{c['seed']}" for c in CONDITIONS]
-    assert set(children) == {"validate_data", "synthesize", "register_classifier", "register_embedding",
+    assert set(children) == {"validate_data", "synthesize", "audit_memorization", "register_classifier", "register_embedding",
                              *(f"train_embedding-{c}" for c in CONCEPTS), *(f"train_classifier-{c}" for c in conds),
                              *(f"evaluate-{c}" for c in conds)}
 
