@@ -46,16 +46,15 @@ def bootstrap_auc(y: np.ndarray, p: np.ndarray, *, n_boot: int = 2000, seed: int
     rng = np.random.default_rng(seed)
     stats = np.empty(n_boot)
     for start in range(0, n_boot, block):
-        rows = range(start, min(start + block, n_boot))
-        w_pos = np.empty((len(rows), n_pos))
-        w_neg = np.empty((len(rows), n_neg))
-        for k in range(len(rows)):  # the draws of rng.choice(pos, n_pos), rng.choice(neg, n_neg), replicate by replicate
+        m = min(block, n_boot - start)
+        w_pos, w_neg = np.empty((m, n_pos)), np.empty((m, n_neg))
+        for k in range(m):  # the draws of rng.choice(pos, n_pos), rng.choice(neg, n_neg), replicate by replicate
             w_pos[k] = np.bincount(rng.choice(n_pos, n_pos), minlength=n_pos)
             w_neg[k] = np.bincount(rng.choice(n_neg, n_neg), minlength=n_neg)
-        cum = np.zeros((len(rows), n_neg + 1))
+        cum = np.zeros((m, n_neg + 1))
         np.cumsum(w_neg[:, order], axis=1, out=cum[:, 1:])  # cum[:, j]: drawn negatives among the j lowest
         wins = cum[:, below] + 0.5 * (cum[:, upto] - cum[:, below])
-        stats[rows.start : rows.stop] = (w_pos * wins).sum(axis=1) / (n_pos * n_neg)
+        stats[start : start + m] = (w_pos * wins).sum(axis=1) / (n_pos * n_neg)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
